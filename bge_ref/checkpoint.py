@@ -1,0 +1,157 @@
+"""Reading a checkpoint: safetensors memory-mapped, HF names mapped to bge_ref names, strictly checked.
+
+All weight-name mapping and every transpose live here, in `_embedding_table` and `_layer_table`.
+torch's nn.Linear stores weight as (out, in); model.py wants (in, out) so that it can do `x @ w + b`.
+`.T` of a memory-mapped array is a view, so the transposes copy nothing. Q, K and V are fused into
+one (D, 3D) matrix so attention does one matmul instead of three; that fusion is the only copy
+float32 loading makes.
+
+safetensors is parsed here directly (an 8-byte little-endian header length, a JSON header of
+{name: {dtype, shape, data_offsets}}, then the raw bytes) because memory-mapping needs the offsets,
+and a parser of our own can say exactly which tensor a corrupt file gets wrong.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .config import BertConfig
+from .errors import CheckpointError
+
+_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+           "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+           "U8": np.dtype("u1"), "BOOL": np.dtype("?")}
+_FLOATS = ("F64", "F32", "F16", "BF16")
+# Tensors a BertModel checkpoint may carry that an embedding encoder does not use.
+_IGNORED_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids", "classifier.", "qa_outputs.")
+
+
+def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """Map every tensor of a .safetensors file: {name: (dtype tag, read-only array view)}."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: file is {size} bytes, too short to be safetensors (truncated download?)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise CheckpointError(f"{path}: header claims {n} bytes but the file has {size - 8} after the length "
+                                      "(truncated or not a safetensors file)")
+            header = json.loads(f.read(n))
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
+    except CheckpointError:
+        raise
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: cannot read safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    start, data_len = 8 + n, size - 8 - n
+    tensors, spans = {}, []
+    for name, info in header.items():
+        try:
+            tag, shape, (b, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+        if tag not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {tag!r}")
+        dt = _DTYPES[tag]
+        want = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e <= data_len) or any(d < 0 for d in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} claims bytes [{b}, {e}) but the data section has "
+                                  f"{data_len} bytes (truncated or corrupt file)")
+        if e - b != want:
+            raise CheckpointError(f"{path}: tensor {name!r} has {e - b} bytes for shape {shape} {tag} ({want} needed)")
+        spans.append((b, e, name))
+        arr = np.frombuffer(buf, dtype=dt, count=want // dt.itemsize, offset=start + b) if want else np.zeros(0, dt)
+        tensors[name] = (tag, arr.reshape(shape))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the file (corrupt header)")
+    return tensors
+
+
+def _embedding_table(c: BertConfig):
+    """bge_ref name -> (HF name, HF shape) for BertEmbeddings."""
+    D = c.hidden_size
+    return {
+        "word": ("embeddings.word_embeddings.weight", (c.vocab_size, D)),
+        "position": ("embeddings.position_embeddings.weight", (c.max_position_embeddings, D)),
+        "token_type": ("embeddings.token_type_embeddings.weight", (c.type_vocab_size, D)),
+        "ln_g": ("embeddings.LayerNorm.weight", (D,)),
+        "ln_b": ("embeddings.LayerNorm.bias", (D,)),
+    }
+
+
+def _layer_table(c: BertConfig, i: int):
+    """bge_ref name -> (HF name, HF shape) for encoder layer i. 2-D weights are transposed on load."""
+    D, F, p = c.hidden_size, c.intermediate_size, f"encoder.layer.{i}."
+    return {
+        "q_w": (p + "attention.self.query.weight", (D, D)), "q_b": (p + "attention.self.query.bias", (D,)),
+        "k_w": (p + "attention.self.key.weight", (D, D)), "k_b": (p + "attention.self.key.bias", (D,)),
+        "v_w": (p + "attention.self.value.weight", (D, D)), "v_b": (p + "attention.self.value.bias", (D,)),
+        "attn_out_w": (p + "attention.output.dense.weight", (D, D)),
+        "attn_out_b": (p + "attention.output.dense.bias", (D,)),
+        "attn_ln_g": (p + "attention.output.LayerNorm.weight", (D,)),
+        "attn_ln_b": (p + "attention.output.LayerNorm.bias", (D,)),
+        "inter_w": (p + "intermediate.dense.weight", (F, D)), "inter_b": (p + "intermediate.dense.bias", (F,)),
+        "out_w": (p + "output.dense.weight", (D, F)), "out_b": (p + "output.dense.bias", (D,)),
+        "out_ln_g": (p + "output.LayerNorm.weight", (D,)), "out_ln_b": (p + "output.LayerNorm.bias", (D,)),
+    }
+
+
+def _hf_name(key: str) -> str:
+    """Canonical HF name: no task-model `bert.` prefix, TF-era gamma/beta spelled weight/bias."""
+    key = key.removeprefix("bert.")
+    if "LayerNorm." in key:
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    return key
+
+
+def load_params(path: str | Path, config: BertConfig, dtype=np.float32) -> dict:
+    """Load model.safetensors into {"embeddings": {...}, "layers": [{...}] * L}, checked and transposed."""
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    raw = {_hf_name(k): v for k, v in read_safetensors(path).items()}
+    tables = [_embedding_table(config)] + [_layer_table(config, i) for i in range(config.num_hidden_layers)]
+    wanted = {hf for t in tables for hf, _ in t.values()}
+    missing = sorted(wanted - raw.keys())
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{path}: missing tensor(s) {', '.join(missing[:5])}{more} "
+                              f"(config.json says {config.num_hidden_layers} layers of size {config.hidden_size})")
+    unexpected = sorted(k for k in raw.keys() - wanted if not k.startswith(_IGNORED_PREFIXES))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {', '.join(unexpected[:5])}; "
+                              "is this a BertModel checkpoint with this config.json?")
+
+    def get(hf, shape):
+        tag, arr = raw[hf]
+        if tag not in _FLOATS:
+            raise CheckpointError(f"{path}: tensor {hf!r} has dtype {tag}, expected a float type")
+        if tuple(arr.shape) != shape:
+            raise CheckpointError(f"{path}: tensor {hf!r} has shape {tuple(arr.shape)}, config.json implies {shape}")
+        if tag == "BF16":  # bfloat16 is the top half of a float32
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        if not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: tensor {hf!r} contains NaN or Inf")
+        arr = arr.astype(dtype, copy=False)             # float32 file + float32 compute: still the mapped view
+        return arr.T if arr.ndim == 2 and hf.startswith("encoder.") else arr  # (out, in) -> (in, out), a view
+
+    emb = {name: get(hf, shape) for name, (hf, shape) in tables[0].items()}
+    layers = []
+    for table in tables[1:]:
+        t = {name: get(hf, shape) for name, (hf, shape) in table.items()}
+        layers.append({
+            "qkv_w": np.concatenate([t.pop("q_w"), t.pop("k_w"), t.pop("v_w")], axis=1),  # (D, 3D)
+            "qkv_b": np.concatenate([t.pop("q_b"), t.pop("k_b"), t.pop("v_b")]),          # (3D,)
+            **t,
+        })
+    return {"embeddings": emb, "layers": layers}

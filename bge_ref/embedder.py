@@ -1,0 +1,241 @@
+"""The public API: load a checkpoint, turn texts into embeddings, serve the hosted API's schema."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import hub
+from .checkpoint import load_params
+from .config import BertConfig
+from .errors import CheckpointError, InputError
+from .model import bert
+from .tokenizer import Tokenizer
+
+QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+POOLINGS = ("cls", "mean")
+API_MAX_TEXTS = 100  # the hosted API's limit on strings per request
+
+
+def load(model=None, *, dtype="float32", revision=None) -> "Embedder":
+    """Load a BERT embedding checkpoint: a local directory or a hub repo id.
+
+    `model` defaults to $BGE_REF_MODEL, else BAAI/bge-large-en-v1.5. `dtype` is the compute dtype:
+    "float32" (default) or "float64" (every operation in float64: the oracle for verification).
+    """
+    if str(dtype) not in ("float32", "float64"):
+        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    directory = hub.resolve(model, revision)
+    config = BertConfig.from_json(directory / "config.json")
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: not found; bge_ref reads safetensors weights only")
+    if not (directory / "tokenizer.json").is_file():
+        raise CheckpointError(f"{directory / 'tokenizer.json'}: not found; bge_ref needs the fast tokenizer file")
+    max_length = hub.max_seq_length(directory, config.max_position_embeddings)
+    tokenizer = Tokenizer(directory / "tokenizer.json", max_length, config.pad_token_id)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{directory / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but the "
+                              f"word embedding has {config.vocab_size} rows; tokenizer and weights do not match")
+    pooling, normalize = hub.sentence_transformers_defaults(directory)
+    params = load_params(weights, config, np.dtype(str(dtype)))
+    return Embedder(config, params, tokenizer, pooling=pooling, normalize=normalize, name=str(directory))
+
+
+def _as_texts(texts, what="texts") -> tuple[list[str], bool]:
+    """Check the texts argument: (list of str, whether a single str was given)."""
+    if isinstance(texts, str):
+        items, single = [texts], True
+    elif isinstance(texts, (list, tuple)):
+        items, single = list(texts), False
+    else:
+        raise InputError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            hint = " (decode bytes to str first)" if isinstance(t, (bytes, bytearray)) else ""
+            raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a str{hint}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"{what}[{i}] is not valid Unicode: {e.reason} at character {e.start}") from None
+    return items, single
+
+
+class Embedder:
+    """A loaded checkpoint. Create it with `bge_ref.load`."""
+
+    def __init__(self, config: BertConfig, params: dict, tokenizer: Tokenizer, *, pooling="cls",
+                 normalize=True, name=""):
+        self.config, self.params, self.tokenizer = config, params, tokenizer
+        self.pooling, self.normalize, self.name = pooling, normalize, name
+        self.dtype = params["embeddings"]["word"].dtype
+
+    @property
+    def max_length(self) -> int:
+        """Longest token sequence (with [CLS] and [SEP]) the checkpoint declares; longer texts are cut."""
+        return self.tokenizer.max_length
+
+    def __repr__(self):
+        c = self.config
+        return (f"Embedder({self.name!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}, "
+                f"dtype={self.dtype})")
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def tokenize(self, texts, *, truncate=True) -> dict[str, np.ndarray]:
+        """input_ids, attention_mask, token_type_ids: int64 arrays (B, S), padded to the longest text."""
+        items, _ = _as_texts(texts)
+        if not items:
+            raise InputError("texts is empty; give at least one text")
+        return self.tokenizer.pad(self._encode(items, truncate))
+
+    def count_tokens(self, texts) -> list[int]:
+        """Tokens per text including [CLS] and [SEP], before truncation."""
+        items, _ = _as_texts(texts)
+        return [len(e.ids) for e in self.tokenizer.encode(items, truncate=False)]
+
+    def _encode(self, items, truncate):
+        encodings = self.tokenizer.encode(items, truncate=truncate)
+        if not truncate:
+            for i, e in enumerate(encodings):
+                if len(e.ids) > self.max_length:
+                    raise InputError(f"texts[{i}] has {len(e.ids)} tokens, more than the model's {self.max_length}; "
+                                     "shorten it or pass truncate=True")
+        return encodings
+
+    # -- the model ---------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, token_type_ids=None, *, output_hidden_states=False):
+        """Run the encoder on token ids (B, S): the last hidden state (B, S, D), and with
+        output_hidden_states=True also the L+1 hidden states (embeddings, then each layer)."""
+        input_ids = self._ids("input_ids", input_ids, self.config.vocab_size)
+        attention_mask = self._ids("attention_mask", attention_mask, 2, like=input_ids)
+        if token_type_ids is None:
+            token_type_ids = np.zeros_like(input_ids)
+        token_type_ids = self._ids("token_type_ids", token_type_ids, self.config.type_vocab_size, like=input_ids)
+        if not attention_mask[:, 0].all():
+            raise InputError("attention_mask: every sequence needs its first token ([CLS]) unmasked; "
+                             "bge_ref expects right padding")
+        last, states = bert(input_ids, attention_mask, token_type_ids, self.params, self.config,
+                            output_hidden_states)
+        return (last, states) if output_hidden_states else last
+
+    def _ids(self, name, a, upper, like=None):
+        try:
+            a = np.asarray(a)
+        except Exception as e:
+            raise InputError(f"{name}: cannot be read as an integer array ({e})") from None
+        if a.dtype.kind not in "iub" or a.ndim != 2 or a.size == 0:
+            raise InputError(f"{name}: expected a non-empty 2-D integer array (batch, seq), got {a.dtype} {a.shape}")
+        if like is not None and a.shape != like.shape:
+            raise InputError(f"{name}: shape {a.shape} differs from input_ids' {like.shape}")
+        if a.shape[1] > self.config.max_position_embeddings:
+            raise InputError(f"{name}: {a.shape[1]} tokens, more than the {self.config.max_position_embeddings} "
+                             "positions the model has")
+        if a.min() < 0 or a.max() >= upper:
+            raise InputError(f"{name}: values must lie in [0, {upper}), found {a.min()}..{a.max()}")
+        return a.astype(np.int64, copy=False)
+
+    # -- embeddings --------------------------------------------------------------------------------
+    def pool(self, hidden, attention_mask, pooling):
+        """(B, S, D) hidden states -> (B, D): the [CLS] vector, or the mean over real tokens."""
+        if pooling == "cls":
+            return hidden[:, 0]                                               # (B, D)
+        mask = attention_mask[..., None].astype(hidden.dtype)                 # (B, S, 1)
+        return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)  # (B, D)
+
+    def encode(self, texts, *, pooling=None, normalize=None, batch_size=32, prompt=None, truncate=True):
+        """Embed texts: a list gives (n, D), a single str gives (D,).
+
+        pooling ("cls" or "mean") and normalize default to the checkpoint's sentence-transformers
+        modules (bge: cls + normalize). Texts are sorted by length into batches of `batch_size`, so
+        little padding is computed, and returned in input order. `prompt` is prepended to every text.
+        Texts longer than max_length tokens are truncated, or rejected with truncate=False.
+        """
+        items, single = _as_texts(texts)
+        pooling = self.pooling if pooling is None else pooling
+        if pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        normalize = self.normalize if normalize is None else normalize
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise InputError(f"normalize must be True or False, got {normalize!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
+            items = [prompt + t for t in items]
+        out = np.empty((len(items), self.config.hidden_size), dtype=self.dtype)
+        if items:
+            encodings = self._encode(items, truncate)
+            order = sorted(range(len(items)), key=lambda i: len(encodings[i].ids))
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = self.tokenizer.pad([encodings[i] for i in idx])
+                hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                out[idx] = self.pool(hidden, batch["attention_mask"], pooling)
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # as torch's F.normalize
+        return out[0] if single else out
+
+    def encode_queries(self, texts, **kw):
+        """encode() with bge's retrieval instruction prepended, for short queries against passages."""
+        kw.setdefault("prompt", QUERY_INSTRUCTION)
+        return self.encode(texts, **kw)
+
+    # -- the hosted API ----------------------------------------------------------------------------
+    def run(self, inputs: dict) -> dict:
+        """The hosted API: {"text": str | [str], "pooling": "mean" | "cls"} ->
+        {"shape": [n, D], "data": [[...]], "pooling": ...}; {"requests": [...]} -> {"responses": [...]}.
+        pooling defaults to "mean" as that API documents; vectors are L2-normalized."""
+        if not isinstance(inputs, dict):
+            raise InputError(f"inputs must be a JSON object (dict), got {type(inputs).__name__}")
+        if "requests" in inputs:
+            if set(inputs) != {"requests"}:
+                raise InputError(f"'requests' cannot be combined with {sorted(set(inputs) - {'requests'})}")
+            reqs = inputs["requests"]
+            if not isinstance(reqs, list) or not reqs:
+                raise InputError("'requests' must be a non-empty list of {\"text\": ...} objects")
+            for i, r in enumerate(reqs):
+                self._check_request(r, f"requests[{i}]")
+            return {"responses": [self._run_one(r) for r in reqs]}
+        self._check_request(inputs, "inputs")
+        return self._run_one(inputs)
+
+    def _check_request(self, r, where):
+        if not isinstance(r, dict):
+            raise InputError(f"{where} must be an object, got {type(r).__name__}")
+        unknown = sorted(set(r) - {"text", "pooling"})
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {unknown}; allowed: 'text', 'pooling'")
+        if "text" not in r:
+            raise InputError(f"{where}: 'text' is required")
+        texts, _ = _as_texts(r["text"], f"{where}.text")
+        if not texts or len(texts) > API_MAX_TEXTS:
+            raise InputError(f"{where}.text: between 1 and {API_MAX_TEXTS} strings allowed, got {len(texts)}")
+        for i, t in enumerate(texts):
+            if len(t) < 1:
+                raise InputError(f"{where}.text[{i}]: empty string; each text needs at least 1 character")
+        if r.get("pooling", "mean") not in POOLINGS:
+            raise InputError(f"{where}.pooling must be 'mean' or 'cls', got {r['pooling']!r}")
+
+    def _run_one(self, r):
+        pooling = r.get("pooling", "mean")
+        vectors = self.encode(list(r["text"]) if isinstance(r["text"], list) else [r["text"]],
+                              pooling=pooling, normalize=True)
+        return {"shape": list(vectors.shape), "data": vectors.tolist(), "pooling": pooling}
+
+    def openai_embeddings(self, body: dict) -> dict:
+        """The OpenAI-compatible /v1/embeddings: {"input": str | [str], "model": ...} -> {"data": [...]}."""
+        if not isinstance(body, dict) or "input" not in body:
+            raise InputError("body must be an object with an 'input' field")
+        unknown = sorted(set(body) - {"input", "model", "encoding_format", "user"})
+        if unknown:
+            raise InputError(f"unknown field(s) {unknown}; allowed: 'input', 'model', 'encoding_format', 'user'")
+        if body.get("encoding_format", "float") != "float":
+            raise InputError(f"encoding_format {body['encoding_format']!r} is not supported; use 'float'")
+        texts, _ = _as_texts(body["input"], "input")
+        if not texts:
+            raise InputError("input: give at least one string")
+        vectors = self.encode(texts, normalize=True)
+        tokens = sum(min(n, self.max_length) for n in self.count_tokens(texts))
+        return {"object": "list", "model": body.get("model", self.name),
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

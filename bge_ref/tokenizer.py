@@ -1,0 +1,44 @@
+"""WordPiece tokenization with `tokenizers`, with padding and truncation under our control.
+
+A checkpoint's tokenizer.json may carry its own padding and truncation (all-MiniLM-L6-v2's pads every
+text to 128 tokens). Both are switched off here: batches are padded to their longest text, and
+texts are truncated to the checkpoint's declared max sequence length.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer as _HFTokenizer
+
+from .errors import CheckpointError
+
+
+class Tokenizer:
+    def __init__(self, path: Path, max_length: int, pad_id: int):
+        try:
+            full = _HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception on a bad file
+            raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
+        full.no_padding()
+        full.no_truncation()
+        cut = _HFTokenizer.from_str(full.to_str())
+        cut.enable_truncation(max_length)
+        self._full, self._cut = full, cut
+        self.max_length, self.pad_id = max_length, pad_id
+        self.vocab_size = full.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: list[str], truncate: bool = True):
+        """tokenizers Encodings (ids, attention_mask, type_ids) for each text."""
+        return (self._cut if truncate else self._full).encode_batch(texts)
+
+    def pad(self, encodings) -> dict[str, np.ndarray]:
+        """Right-pad a batch of encodings to its longest one: int64 arrays of shape (B, S)."""
+        B, S = len(encodings), max(len(e.ids) for e in encodings)
+        ids = np.full((B, S), self.pad_id, dtype=np.int64)
+        mask = np.zeros((B, S), dtype=np.int64)
+        types = np.zeros((B, S), dtype=np.int64)
+        for i, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+import bge_ref
+from bge_ref.testing import TINY_CONFIG, make_random_bert, minilm_dir
+
+torch.set_num_threads(2)
+
+# Mixed lengths, punctuation, accents, CJK, emoji: padded batches exercise the attention mask.
+TEXTS = [
+    "hello world",
+    "The quick brown fox jumps over the lazy dog, again and again, until it is tired.",
+    "Café au lait, naïve résumé, Führer, São Paulo.",
+    "東京は日本の首都です。",
+    "I love 🦙.cpp and 🤗 transformers!",
+    "a",
+    "Represent this sentence for searching relevant passages: what is a BERT encoder?",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(directory, transformers model) of a small random BertModel with perturbed LayerNorms."""
+    return make_random_bert(tmp_path_factory.mktemp("tiny"), TINY_CONFIG, seed=0)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path):
+    return bge_ref.load(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def st_minilm(minilm_path):
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(str(minilm_path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def hf_minilm(minilm_path):
+    from transformers import BertModel
+    return BertModel.from_pretrained(minilm_path, add_pooling_layer=False).eval()
+
+
+def hf_forward(model, batch, dtype=torch.float32):
+    """transformers' hidden states for a tokenized batch, as NumPy arrays."""
+    model = model.to(dtype)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
+    return [h.numpy() for h in out.hidden_states]
+
+
+def cosine_rows(a, b):
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)

@@ -1,0 +1,34 @@
+"""The command line, run as a user runs it."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "bge_ref.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_embed_args_and_stdin(minilm_path, minilm):
+    r = _cli("embed", "--model", str(minilm_path), "hello world", "second text")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["shape"] == [2, 384] and out["pooling"] == "mean"
+    np.testing.assert_allclose(out["data"], minilm.encode(["hello world", "second text"]), atol=1e-7)
+    r = _cli("embed", "--model", str(minilm_path), "--pooling", "cls", "--no-normalize", "--query",
+             stdin="hello world\n")
+    out = json.loads(r.stdout)
+    ref = minilm.encode_queries(["hello world"], pooling="cls", normalize=False)
+    np.testing.assert_allclose(out["data"], ref, atol=1e-6)
+
+
+def test_info(minilm_path):
+    info = json.loads(_cli("info", "--model", str(minilm_path)).stdout)
+    assert info["config"]["hidden_size"] == 384 and info["max_length"] == 256 and info["pooling"] == "mean"
+
+
+def test_bad_model_is_a_clean_error(tmp_path):
+    r = _cli("embed", "--model", str(tmp_path), "x")
+    assert r.returncode == 2 and "config.json not found" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,71 @@
+"""erf against math.erf on a dense grid; GELU against torch's exact GELU."""
+import math
+
+import numpy as np
+import torch
+
+from bge_ref.erf import erf, erfc, gelu
+
+
+def _grid():
+    lin = np.linspace(-8, 8, 400_001)
+    logs = np.geomspace(1e-300, 8, 40_001)
+    return np.concatenate([lin, logs, -logs, [0.0, 0.46875, 4.0, -0.46875, -4.0]])
+
+
+def test_erf_float64_relative_error():
+    x = _grid()
+    ref = np.array([math.erf(v) for v in x])
+    got = erf(x)
+    assert got.dtype == np.float64
+    nz = ref != 0
+    rel = np.abs(got[nz] - ref[nz]) / np.abs(ref[nz])
+    print(f"erf float64 max relative error vs math.erf: {rel.max():.3e}")
+    assert rel.max() <= 1e-14
+    assert np.all(got[~nz] == 0)
+
+
+def test_erf_float32_within_2_ulp_of_correct_rounding():
+    x = _grid().astype(np.float32)
+    correct = np.array([math.erf(float(v)) for v in x]).astype(np.float32)  # float64 erf rounded once
+    got = erf(x)
+    assert got.dtype == np.float32
+    ulps = np.abs(got.astype(np.float64) - correct) / np.spacing(np.abs(correct)).astype(np.float64)
+    print(f"erf float32 max error: {ulps.max():.1f} ulp")
+    assert ulps.max() <= 2
+
+
+def test_erfc_float64_relative_error():
+    x = np.linspace(-26, 26.5, 200_001)
+    ref = np.array([math.erfc(v) for v in x])
+    rel = np.abs(erfc(x) - ref) / ref
+    print(f"erfc float64 max relative error vs math.erfc: {rel.max():.3e}")
+    assert rel.max() <= 1e-13  # erfc spans 2 .. 1e-300: a relative bound over all of it
+    assert erfc(np.array([30.0]))[0] == 0 and erfc(np.array([-30.0]))[0] == 2
+
+
+def test_erf_special_values():
+    got = erf(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-320, 30.0, -30.0]))
+    assert np.isnan(got[0])
+    assert list(got[1:3]) == [1.0, -1.0]
+    assert got[3] == 0 and np.signbit(got[4])
+    assert got[5] == 2 / math.sqrt(math.pi) * 1e-320
+    assert list(got[6:]) == [1.0, -1.0]
+
+
+def test_gelu_matches_torch_exact_gelu_not_tanh():
+    x = np.linspace(-10, 10, 100_001)
+    ours = gelu(x)
+    ref = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    tanh = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+    # torch forms 1 + erf(x / sqrt 2), which cancels for x < -5 (its values there are multiples of
+    # 1e-16 or 0); ours goes through erfc. So: equal to rounding, up to torch's cancellation.
+    np.testing.assert_allclose(ours, ref, rtol=1e-14, atol=3e-16)
+    assert np.abs(ours - tanh).max() > 1e-4  # the two GELUs differ: we compute the erf one
+    x32 = x.astype(np.float32)
+    assert gelu(x32).dtype == np.float32
+    exact = gelu(x32.astype(np.float64))
+    err = np.abs(gelu(x32) - exact)
+    ulps = err / np.spacing(np.abs(exact).astype(np.float32))
+    print(f"gelu float32 max error: {ulps.max():.2f} ulp")
+    assert ulps.max() <= 1  # evaluated in float64, rounded once
