@@ -6,12 +6,25 @@ import dataclasses
 import json
 import sys
 
-from .errors import BgeRefError
+from .errors import BgeRefError, InputError
+
+
+def _stdin_lines() -> list[str]:
+    """Non-blank lines of stdin, decoded as UTF-8 (a bad byte is an InputError naming the line)."""
+    lines = []
+    for n, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise InputError(f"stdin line {n} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+        if line.strip():
+            lines.append(line)
+    return lines
 
 
 def _embed(args) -> int:
     from .embedder import QUERY_INSTRUCTION, load
-    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = args.text or _stdin_lines()
     if not texts:
         raise SystemExit("bge-ref embed: no text given (pass TEXT arguments or lines on stdin)")
     model = load(args.model)

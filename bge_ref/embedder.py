@@ -13,6 +13,7 @@ from .tokenizer import Tokenizer
 QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 POOLINGS = ("cls", "mean")
 API_MAX_TEXTS = 100  # the hosted API's limit on strings per request
+TOKENIZE_CHUNK = 2048  # texts tokenized (and length-sorted) together by encode()
 
 
 def load(model=None, *, dtype="float32", revision=None) -> "Embedder":
@@ -46,6 +47,8 @@ def _as_texts(texts, what="texts") -> tuple[list[str], bool]:
         items, single = [texts], True
     elif isinstance(texts, (list, tuple)):
         items, single = list(texts), False
+    elif isinstance(texts, np.ndarray) and texts.ndim == 1 and texts.dtype.kind == "U":
+        items, single = texts.tolist(), False
     else:
         raise InputError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
     for i, t in enumerate(items):
@@ -92,12 +95,12 @@ class Embedder:
         items, _ = _as_texts(texts)
         return [len(e.ids) for e in self.tokenizer.encode(items, truncate=False)]
 
-    def _encode(self, items, truncate):
+    def _encode(self, items, truncate, first_index=0):
         encodings = self.tokenizer.encode(items, truncate=truncate)
         if not truncate:
             for i, e in enumerate(encodings):
                 if len(e.ids) > self.max_length:
-                    raise InputError(f"texts[{i}] has {len(e.ids)} tokens, more than the model's {self.max_length}; "
+                    raise InputError(f"texts[{first_index + i}] has {len(e.ids)} tokens, more than the model's {self.max_length}; "
                                      "shorten it or pass truncate=True")
         return encodings
 
@@ -163,14 +166,16 @@ class Embedder:
                 raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
             items = [prompt + t for t in items]
         out = np.empty((len(items), self.config.hidden_size), dtype=self.dtype)
-        if items:
-            encodings = self._encode(items, truncate)
-            order = sorted(range(len(items)), key=lambda i: len(encodings[i].ids))
+        # Tokenize a chunk at a time, so 100,000 texts never hold 100,000 encodings at once.
+        chunk = max(batch_size, TOKENIZE_CHUNK)
+        for lo in range(0, len(items), chunk):
+            encodings = self._encode(items[lo:lo + chunk], truncate, first_index=lo)
+            order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.pad([encodings[i] for i in idx])
                 hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                out[idx] = self.pool(hidden, batch["attention_mask"], pooling)
+                out[[lo + i for i in idx]] = self.pool(hidden, batch["attention_mask"], pooling)
         if normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # as torch's F.normalize
         return out[0] if single else out
