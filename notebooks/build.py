@@ -231,8 +231,7 @@ for j, (name, part) in enumerate(parts.items()):
 ax.set_xticks(range(S0), pieces, rotation=45, ha="right")
 ax.set_ylabel("L2 norm")
 ax.set_title("Size of each embedding part per token (LayerNorm rescales every token to a common size)")
-ax.legend(ncol=5, fontsize=8)
-save(fig, "embedding_norms.png")
+ax.legend(ncol=5, fontsize=8);
 """),
     md(r"""
 ## 3. One attention layer, opened up (layer 0)
@@ -325,8 +324,7 @@ ax.set_xticks(range(S), labels, rotation=90, fontsize=8)
 ax.set_yticks(range(S), labels, fontsize=8)
 ax.axvline(n1 - 0.5, color="red")
 ax.set_title("The mask at work: text 1, head 0\n(padded keys, right of the red line, get weight 0)", fontsize=10)
-fig.colorbar(im, ax=ax)
-save(fig, "attention_mask.png")
+fig.colorbar(im, ax=ax);
 """),
     md(r"""
 The attention block ends like every sub-block of BERT: a projection, the residual (the block's input
@@ -378,8 +376,7 @@ ax0.legend()
 ax1.plot(z, exact - approx, color="C3")
 ax1.axhline(0, color="gray", lw=0.5)
 ax1.set_xlabel("z")
-ax1.set_title("exact GELU minus its tanh approximation")
-save(fig, "gelu.png")
+ax1.set_title("exact GELU minus its tanh approximation");
 """),
     code(r"""
 h = M.intermediate(a, p["inter_w"], p["inter_b"])               # (B, S, F)
@@ -616,8 +613,7 @@ axes[0].set_xlabel("signed difference")
 axes[0].set_title("element-wise differences, last hidden state")
 axes[1].set_xlabel(r"$\log_{10}$ |difference| (exact zeros at -12)")
 axes[1].set_title("the same, on a log scale")
-axes[1].legend(fontsize=9)
-save(fig, "difference_distribution.png")
+axes[1].legend(fontsize=9);
 """),
     md(r"""
 ## Cosine of the final embeddings
@@ -657,8 +653,7 @@ ax.set_yscale("log")
 ax.set_xticks(range(len(texts)), [f"text {i}\n({n} tokens)" for i, n in enumerate(real.sum(1))])
 ax.set_ylabel(r"$1 - \cos$ (exactly 0 drawn at 1e-20)")
 ax.set_title(f"bge_ref float32 embeddings ({model.pooling} pooling, normalized) against three references")
-ax.legend(fontsize=9)
-save(fig, "embedding_cosine.png")
+ax.legend(fontsize=9);
 """),
 ]
 
@@ -743,8 +738,7 @@ def heatmap(ax, s, title):
 
 
 fig, ax = plt.subplots(figsize=(12, 5), constrained_layout=True)
-fig.colorbar(heatmap(ax, scores, f"cosine similarity, {model.pooling} pooling (the checkpoint's own)"), ax=ax)
-save(fig, "similarity.png")
+fig.colorbar(heatmap(ax, scores, f"cosine similarity, {model.pooling} pooling (the checkpoint's own)"), ax=ax);
 """),
     md(r"""
 ## Top-$k$ retrieval

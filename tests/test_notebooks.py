@@ -1,0 +1,58 @@
+"""The notebooks in notebooks/ run from a clean kernel without error, on the real all-MiniLM-L6-v2.
+
+Each notebook is read, executed in memory (nothing is written back: the kernel runs in a temporary
+directory and BGE_REF_FIGURES is unset, so no figure is saved), and any cell error fails the test.
+The notebooks assert their own comparisons against transformers, so a parity break fails here too.
+Needs the `notebooks` extra (matplotlib, nbclient, nbformat, ipykernel) besides `test`.
+"""
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from bge_ref.testing import minilm_dir
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes well under a minute on MiniLM
+
+
+def test_notebooks_exist():
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01_bert_from_scratch.ipynb", "02_verification.ipynb", "03_semantic_search.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_has_outputs(path):
+    """The committed file was executed top to bottom (readers on a code host see its outputs)."""
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert cells, f"{path.name} has no code cells"
+    assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1)), \
+        f"{path.name}: not executed in order from a fresh kernel"
+    assert not [o for c in cells for o in c.outputs if o.output_type == "error"], f"{path.name} holds an error"
+    first = "".join(o.get("text", "") for o in cells[0].outputs)
+    assert "Model:" in first, f"{path.name}: the first cell does not say which model it ran on"
+    assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs), f"{path.name}: no figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("BGE_REF_MODEL", str(minilm_dir()))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("BGE_REF_FIGURES", raising=False)
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # start from nothing: the committed outputs must not be what we check
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises CellExecutionError
+    print(f"{path.name}: executed in {time.perf_counter() - start:.1f} s")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert list(tmp_path.iterdir()) == [], "the notebook wrote files into its working directory"
