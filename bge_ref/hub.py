@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 DEFAULT_MODEL = "BAAI/bge-large-en-v1.5"
 # The files an encoder for embeddings needs; nothing else is downloaded.
@@ -15,9 +15,11 @@ FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config
 
 def resolve(model: str | os.PathLike | None = None, revision: str | None = None) -> Path:
     """Return the local directory holding `model` (default: $BGE_REF_MODEL, else bge-large-en-v1.5)."""
-    model = os.fspath(model) if model is not None else os.environ.get("BGE_REF_MODEL") or DEFAULT_MODEL
-    if not isinstance(model, str) or not model:
-        raise CheckpointError(f"model must be a directory or a hub repo id, got {model!r}")
+    if model is None:
+        model = os.environ.get("BGE_REF_MODEL") or DEFAULT_MODEL
+    if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
+        raise InputError(f"model must be a directory or a hub repo id (str or path), got {model!r}")
+    model = os.fspath(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return path

@@ -39,3 +39,10 @@ def test_default_model_from_env(monkeypatch, tiny):
 def test_missing_local_directory():
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         bge_ref.load("./no/such/dir")
+
+
+def test_model_argument_type():
+    with pytest.raises(bge_ref.InputError, match="model must be a directory or a hub repo id"):
+        bge_ref.load(123)
+    with pytest.raises(bge_ref.InputError, match="model must be"):
+        bge_ref.load("")
