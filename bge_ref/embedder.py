@@ -16,14 +16,21 @@ API_MAX_TEXTS = 100  # the hosted API's limit on strings per request
 TOKENIZE_CHUNK = 2048  # texts tokenized (and length-sorted) together by encode()
 
 
-def load(model=None, *, dtype="float32", revision=None) -> "Embedder":
+def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "Embedder":
     """Load a BERT embedding checkpoint: a local directory or a hub repo id.
 
     `model` defaults to $BGE_REF_MODEL, else BAAI/bge-large-en-v1.5. `dtype` is the compute dtype:
     "float32" (default) or "float64" (every operation in float64: the oracle for verification).
+    `weights_dtype="float16"` stores the weight matrices in float16 (about half the memory) while
+    still computing in float32; None (default) stores them in `dtype`.
     """
     if str(dtype) not in ("float32", "float64"):
         raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if weights_dtype is not None and str(weights_dtype) not in ("float16", str(dtype)):
+        raise InputError(f"weights_dtype must be None, 'float16' (with dtype 'float32') or {str(dtype)!r}, "
+                         f"got {weights_dtype!r}")
+    if str(weights_dtype) == "float16" and str(dtype) != "float32":
+        raise InputError("weights_dtype='float16' needs dtype='float32'")
     directory = hub.resolve(model, revision)
     config = BertConfig.from_json(directory / "config.json")
     weights = directory / "model.safetensors"
@@ -37,7 +44,7 @@ def load(model=None, *, dtype="float32", revision=None) -> "Embedder":
         raise CheckpointError(f"{directory / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but the "
                               f"word embedding has {config.vocab_size} rows; tokenizer and weights do not match")
     pooling, normalize = hub.sentence_transformers_defaults(directory)
-    params = load_params(weights, config, np.dtype(str(dtype)))
+    params = load_params(weights, config, np.dtype(str(dtype)), weights_dtype)
     return Embedder(config, params, tokenizer, pooling=pooling, normalize=normalize, name=str(directory))
 
 
