@@ -115,10 +115,31 @@ def _hf_name(key: str) -> str:
     return key
 
 
-def load_params(path: str | Path, config: BertConfig, dtype=np.float32) -> dict:
-    """Load model.safetensors into {"embeddings": {...}, "layers": [{...}] * L}, checked and transposed."""
+def _release_mapped_pages(arr):
+    """Drop a memory-mapped array's pages from this process once its data has been copied (or only
+    checked): they stay in the OS page cache, but no longer count in this process's memory twice."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    base = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(base, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = arr.ctypes.data - np.frombuffer(base, np.uint8, count=1).ctypes.data
+    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE                      # whole pages inside the tensor only
+    hi = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo:
+        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_dtype=None) -> dict:
+    """Load model.safetensors into {"embeddings": {...}, "layers": [{...}] * L}, checked and transposed.
+
+    weights_dtype="float16" stores the matrices (not biases, LayerNorms or the word table) as float16
+    copies, half the memory; model.py widens each to the compute dtype just before its matmul.
+    """
     path = Path(path)
     dtype = np.dtype(dtype)
+    store = np.dtype(weights_dtype) if weights_dtype is not None else dtype
     raw = {_hf_name(k): v for k, v in read_safetensors(path).items()}
     tables = [_embedding_table(config)] + [_layer_table(config, i) for i in range(config.num_hidden_layers)]
     wanted = {hf for t in tables for hf, _ in t.values()}
@@ -142,16 +163,25 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32) -> dict:
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         if not np.isfinite(arr).all():
             raise CheckpointError(f"{path}: tensor {hf!r} contains NaN or Inf")
-        arr = arr.astype(dtype, copy=False)             # float32 file + float32 compute: still the mapped view
+        mapped = arr
+        narrow = store if arr.ndim == 2 and hf != "embeddings.word_embeddings.weight" else dtype
+        arr = arr.astype(narrow, copy=False)            # float32 file + float32 compute: still the mapped view
+        if arr is not mapped or hf == "embeddings.word_embeddings.weight":
+            _release_mapped_pages(mapped)               # copied; or only a few rows of it will be gathered
+        if arr is not mapped and not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: tensor {hf!r} does not fit in {narrow} (values beyond its range)")
         return arr.T if arr.ndim == 2 and hf.startswith("encoder.") else arr  # (out, in) -> (in, out), a view
 
     emb = {name: get(hf, shape) for name, (hf, shape) in tables[0].items()}
     layers = []
     for table in tables[1:]:
         t = {name: get(hf, shape) for name, (hf, shape) in table.items()}
+        q, k, v = t.pop("q_w"), t.pop("k_w"), t.pop("v_w")
         layers.append({
-            "qkv_w": np.concatenate([t.pop("q_w"), t.pop("k_w"), t.pop("v_w")], axis=1),  # (D, 3D)
+            "qkv_w": np.concatenate([q, k, v], axis=1),  # (D, 3D)
             "qkv_b": np.concatenate([t.pop("q_b"), t.pop("k_b"), t.pop("v_b")]),          # (3D,)
             **t,
         })
+        for w in (q, k, v):
+            _release_mapped_pages(w)                    # the fused copy is the only one kept resident
     return {"embeddings": emb, "layers": layers}
