@@ -69,3 +69,17 @@ def test_gelu_matches_torch_exact_gelu_not_tanh():
     ulps = err / np.spacing(np.abs(exact).astype(np.float32))
     print(f"gelu float32 max error: {ulps.max():.2f} ulp")
     assert ulps.max() <= 1  # evaluated in float64, rounded once
+
+
+def test_gelu_float32_fast_path_on_a_dense_float32_sample():
+    """Every 61st float32 bit pattern with |x| in [2^-30, 64), plus specials: within 1 ulp of float64."""
+    bits = np.arange(np.float32(2.0**-30).view(np.int32), np.float32(64.0).view(np.int32), 61, dtype=np.int32)
+    pos = bits.view(np.float32)
+    x = np.concatenate([pos, -pos, np.float32([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38])]).astype(np.float32)
+    exact = gelu(x.astype(np.float64))
+    got = gelu(x)
+    ulps = np.abs(got - exact) / np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    print(f"gelu float32 fast path: max {ulps.max():.3f} ulp over {x.size} values")
+    assert ulps.max() <= 1
+    out = gelu(np.float32([np.inf, -np.inf, np.nan]))
+    assert out[0] == np.inf and out[1] == 0 and np.isnan(out[2])

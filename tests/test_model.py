@@ -58,3 +58,26 @@ def test_reads_sizes_from_config(tiny):
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (64, 2, 4, 128)
     assert model.params["layers"][0]["qkv_w"].shape == (64, 192)
     assert model.params["layers"][0]["inter_w"].shape == (64, 128)
+
+
+def test_float16_weights_keep_float32_compute_and_cosine(minilm_path):
+    from .conftest import cosine_rows
+    m32 = bge_ref.load(minilm_path)
+    m16 = bge_ref.load(minilm_path, weights_dtype="float16")
+    assert m16.params["layers"][0]["inter_w"].dtype == np.float16
+    assert m16.params["layers"][0]["inter_b"].dtype == np.float32
+    e32, e16 = m32.encode(TEXTS), m16.encode(TEXTS)
+    assert e16.dtype == np.float32
+    cos = cosine_rows(e32, e16)
+    print(f"float16 weights: min cosine to float32 {cos.min():.7f}")
+    assert cos.min() >= 0.9999
+
+
+def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
+    """The thread pool only splits independent rows and heads: results are bit-identical."""
+    from bge_ref import model as M
+    model = bge_ref.load(tiny[0])
+    batch = model.tokenize(TEXTS)
+    threaded = model.forward(**batch)
+    monkeypatch.setattr(M, "THREADS", 1)
+    np.testing.assert_array_equal(threaded, model.forward(**batch))
