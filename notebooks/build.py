@@ -219,7 +219,7 @@ print("word", word.shape, "+ position", position.shape, "+ token_type", token_ty
       "-> LN -> x0", x0.shape, "\n")
 check("sum of the three embeddings (LN input hook)", e, captured["embedding_sum"], tokens=real)
 check("x0 = LN(e)  vs  hidden_states[0]", x0, ref_states[0], tokens=real)
-check("x0  vs  bge_ref.model.embeddings", x0, M.embeddings(ids, types, E, eps), rtol=1e-6);
+check("x0  vs  bge_ref.model.embeddings", x0, M.embeddings(ids, types, E, eps, model.dtype), rtol=1e-6);
 """),
     code(r"""
 fig, ax = plt.subplots(figsize=(10, 3.2))
@@ -242,15 +242,20 @@ Every layer starts with multi-head self-attention. Three projections of the inpu
 $$Q = xW_Q + b_Q, \qquad K = xW_K + b_K, \qquad V = xW_V + b_V \qquad \in \mathbb{R}^{S\times D}$$
 
 Their $D$ columns are cut into $H$ heads of $D_h = D/H$ columns: $Q^{(h)}, K^{(h)}, V^{(h)} \in \mathbb{R}^{S\times D_h}$.
+
+Inside the encoder, bge_ref's blocks work on the $(N, D)$ matrix of all the batch's tokens,
+$N = B \cdot S$: a projection is then one large matrix product rather than $B$ small ones. Only
+attention, which mixes tokens *within* a text, needs the texts apart again, as $(B, H, S, D_h)$.
 """),
     code(r"""
 p = model.params["layers"][0]       # layer 0's weights, already (in, out): every projection is x @ w + b
 B, S, D = x0.shape
-H = c.num_attention_heads
+N, H = B * S, c.num_attention_heads
 Dh = D // H
-qkv = x0 @ p["qkv_w"] + p["qkv_b"]  # (B, S, 3D): Q, K and V side by side, one matmul
-q, k, v = np.split(qkv, 3, axis=-1)  # 3 x (B, S, D)
-print("qkv_w", p["qkv_w"].shape, " qkv", qkv.shape, " q, k, v", q.shape)
+x = x0.reshape(N, D)                # (N, D): the tokens of all texts as the rows of one matrix
+qkv = x @ p["qkv_w"] + p["qkv_b"]   # (N, 3D): Q, K and V side by side, one matmul
+q, k, v = np.split(qkv.reshape(B, S, 3 * D), 3, axis=-1)  # 3 x (B, S, D)
+print("x", x.shape, " qkv_w", p["qkv_w"].shape, " qkv", qkv.shape, " q, k, v", q.shape)
 check("Q  vs  attention.self.query", q, captured["query"], tokens=real)
 check("K  vs  attention.self.key", k, captured["key"], tokens=real)
 check("V  vs  attention.self.value", v, captured["value"], tokens=real)
@@ -293,11 +298,13 @@ $$\mathrm{head}^{(h)} = A^{(h)} V^{(h)} \in \mathbb{R}^{S\times D_h}, \qquad
 \mathrm{ctx} = \big[\mathrm{head}^{(1)}, \dots, \mathrm{head}^{(H)}\big] \in \mathbb{R}^{S\times D}$$
 """),
     code(r"""
-context = (probs @ vh).transpose(0, 2, 1, 3).reshape(B, S, D)   # (B, H, S, Dh) -> (B, S, D)
-print("context", context.shape)
+heads = probs @ vh                                               # (B, H, S, Dh)
+context = heads.transpose(0, 2, 1, 3).reshape(B, S, D)          # (B, S, D): heads side by side again
+print("heads", heads.shape, " context", context.shape)
 check("context  vs  attention.self output", context, captured["context"], tokens=real)
+check("heads  vs  bge_ref.model.attention", heads, M.attention(qh, kh, vh, bias), rtol=1e-6)
 check("context  vs  bge_ref.model.self_attention", context,
-      M.self_attention(x0, bias, p["qkv_w"], p["qkv_b"], H), rtol=1e-6);
+      M.self_attention(x, B, bias, p["qkv_w"], p["qkv_b"], H).reshape(B, S, D), rtol=1e-6);
 """),
     code(r"""
 shown = list(range(min(H, 6)))
@@ -333,9 +340,9 @@ added back), and LayerNorm ("post-LN"; section 5 opens this pattern up):
 $$a = \mathrm{LN}\big(x + \mathrm{ctx}\, W_O + b_O\big)$$
 """),
     code(r"""
-a = M.attention_output(context, x0, p["attn_out_w"], p["attn_out_b"], p["attn_ln_g"], p["attn_ln_b"], eps)
-print("attn_out_w", p["attn_out_w"].shape, " a", a.shape)
-check("a  vs  attention.output", a, captured["attention_output"], tokens=real);
+a = M.attention_output(context.reshape(N, D), x, p["attn_out_w"], p["attn_out_b"], p["attn_ln_g"], p["attn_ln_b"], eps)
+print("attn_out_w", p["attn_out_w"].shape, " a", a.shape, "= (N, D)")
+check("a  vs  attention.output", a.reshape(B, S, D), captured["attention_output"], tokens=real);
 """),
     md(r"""
 ## 4. The feed-forward network and the exact GELU
@@ -363,6 +370,8 @@ approx = torch.nn.functional.gelu(torch.from_numpy(z), approximate="tanh").numpy
 check("bge_ref.erf.erf  vs  math.erf (float64)", erf(z), np.array([math.erf(t) for t in z]), rtol=1e-15)
 check("bge_ref.erf.gelu  vs  torch gelu (float64)", exact, torch.nn.functional.gelu(torch.from_numpy(z)),
       rtol=1e-15)
+z32 = z.astype(np.float32)                                            # float32: a faster path, one rounding
+check("bge_ref.erf.gelu float32  vs  its float64", gelu(z32), gelu(z32.astype(np.float64)), rtol=2 ** -23)
 worst = np.argmax(np.abs(exact - approx))
 print(f"\nexact - tanh approximation: largest gap {np.abs(exact - approx).max():.1e} at z = {z[worst]:+.2f}")
 
@@ -379,10 +388,11 @@ ax1.set_xlabel("z")
 ax1.set_title("exact GELU minus its tanh approximation");
 """),
     code(r"""
-h = M.intermediate(a, p["inter_w"], p["inter_b"])               # (B, S, F)
-print("inter_w", p["inter_w"].shape, " h", h.shape)
-diff_h = check("h = GELU(a W1 + b1)  vs  intermediate", h, captured["intermediate"], tokens=real)
-pre = a @ p["inter_w"] + p["inter_b"]                           # the pre-activations, (B, S, F)
+h = M.intermediate(a, p["inter_w"], p["inter_b"])               # (N, F)
+F = h.shape[-1]
+print("inter_w", p["inter_w"].shape, " h", h.shape, "= (N, F)")
+diff_h = check("h = GELU(a W1 + b1)  vs  intermediate", h.reshape(B, S, F), captured["intermediate"], tokens=real)
+pre = a @ p["inter_w"] + p["inter_b"]                           # the pre-activations, (N, F)
 h_tanh = torch.nn.functional.gelu(torch.from_numpy(pre), approximate="tanh").numpy()
 gap = np.abs(h - h_tanh).max()
 print(f"\npre-activations of this layer lie in [{pre.min():.1f}, {pre.max():.1f}]. With the tanh GELU, h would "
@@ -402,18 +412,19 @@ keeps every token's vector at a common scale however large the correction. $y$ i
 output, `hidden_states[1]`.
 """),
     code(r"""
-r = h @ p["out_w"] + p["out_b"] + a                # (B, S, D): FFN output plus the residual
+r = h @ p["out_w"] + p["out_b"] + a                # (N, D): FFN output plus the residual
 y = M.layer_norm(r, p["out_ln_g"], p["out_ln_b"], eps)
 standardized = (y - p["out_ln_b"]) / p["out_ln_g"]   # undo gamma and beta to see what LN did
 print("out_w", p["out_w"].shape, " r", r.shape, " y", y.shape)
-print("per-token mean of r:          ", np.round(r[0, :S0].mean(-1), 3))
-print("per-token std of r:           ", np.round(r[0, :S0].std(-1), 3))
-print("after LN, before gamma, beta: mean", np.round(np.abs(standardized[0, :S0].mean(-1)).max(), 6),
-      " std", np.round(standardized[0, :S0].std(-1), 4)[:4], "...\n")
+print("text 0, per-token mean of r:  ", np.round(r[:S0].mean(-1), 3))
+print("text 0, per-token std of r:   ", np.round(r[:S0].std(-1), 3))
+print("after LN, before gamma, beta: largest |mean|", f"{np.abs(standardized[:S0].mean(-1)).max():.1e},",
+      "std", np.round(standardized[:S0].std(-1), 4)[:4], "...\n")
+y = y.reshape(B, S, D)
 check("y  vs  BertOutput (output hook)", y, captured["output"], tokens=real)
-check("y  vs  bge_ref.model.output", y, M.output(h, a, p["out_w"], p["out_b"], p["out_ln_g"], p["out_ln_b"], eps),
-      rtol=1e-6)
-check("y  vs  bge_ref.model.layer(x0)", y, M.layer(x0, bias, p, c), rtol=1e-6)
+check("y  vs  bge_ref.model.output", y, M.output(h, a, p["out_w"], p["out_b"], p["out_ln_g"], p["out_ln_b"],
+                                                 eps).reshape(B, S, D), rtol=1e-6)
+check("y  vs  bge_ref.model.layer(x)", y, M.layer(x, B, bias, p, c).reshape(B, S, D), rtol=1e-6)
 check("y  vs  hidden_states[1]", y, ref_states[1], tokens=real);
 """),
     md(r"""
@@ -500,89 +511,77 @@ NB02 = [
 
 Two references for every hidden state of a padded batch of texts:
 - **transformers** `BertModel` in float32, the implementation the checkpoint is normally run with;
-- the **float64 oracle**: bge_ref with `dtype="float64"`, every operation in float64. Its own distance to
-  transformers in float64 is ~1e-15, so it stands in for exact arithmetic, and measures how much of
-  a float32 difference is rounding, and whose.
+- the **float64 oracle**: bge_ref with `dtype="float64"`, every operation in float64. Its distance to
+  transformers in float64 is ~1e-15, so it stands in for exact arithmetic and shows how much of a
+  float32 difference is rounding, and whose rounding it is.
 
-All differences are taken over real (unpadded) tokens. The asserts make this notebook fail if
-parity breaks.
+The numbers come from [`bge_ref.verify`](../bge_ref/verify.py) (the library behind `bge-ref verify`):
+`four_runs` runs bge_ref and transformers in float32 and float64 on one batch, `diff_outputs` compares
+two runs stage by stage on real (unpadded) tokens. The asserts make this notebook fail if parity breaks.
 """),
-    setup("Load bge_ref (float32 and the float64 oracle) and transformers (float32 and float64).",
-          'oracle = bge_ref.load(directory, dtype="float64")\n'
-          'hf64 = transformers.BertModel.from_pretrained(directory, attn_implementation="eager",\n'
-          '                                              dtype=torch.float64).eval()'),
+    setup("Load bge_ref; bge_ref.verify loads the transformers reference itself.", reference=False),
     code(r"""
-texts = [
-    "hello world",
-    "The quick brown fox jumps over the lazy dog, again and again, until it is tired.",
-    "Café au lait, naïve résumé, Führer, São Paulo.",
-    "東京は日本の首都です。",
-    "I love 🦙.cpp and 🤗 transformers!",
-    "a",
-    "Represent this sentence for searching relevant passages: what is a BERT encoder?",
+from bge_ref import verify
+
+texts = verify.DEFAULT_TEXTS + [
     "BERT reads a whole sequence at once: every layer lets each token attend to all the others, so the vector "
     "of a word depends on its context. A sentence embedding model pools these contextual vectors into one "
     "vector per text, trained so that texts with related meanings end up close together.",
 ]
 batch = model.tokenize(texts)
-real = batch["attention_mask"].astype(bool)                  # (B, S)
+mask = batch["attention_mask"]
+real = mask.astype(bool)                                         # (B, S)
 print("batch", batch["input_ids"].shape, f"{real.sum()} real tokens, {(~real).sum()} padding")
 
-
-def hf_states(m):
-    with torch.no_grad():
-        out = m(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
-    return [h.numpy() for h in out.hidden_states]
-
-
-_, ours32 = model.forward(**batch, output_hidden_states=True)
-_, ours64 = oracle.forward(**batch, output_hidden_states=True)
-ref32, ref64 = hf_states(hf), hf_states(hf64)
-print(len(ours32), "hidden states each;", ours32[0].dtype, ours64[0].dtype, ref32[0].dtype, ref64[0].dtype)
+runs = verify.four_runs(directory, batch)   # {("ours" | "torch", "float32" | "float64"): {"states", "cls", "mean"}}
+pairs = {  # (ours, reference, tolerances or None)
+    "bge_ref f32 vs transformers f32": (runs["ours", "float32"], runs["torch", "float32"], verify.TOLERANCES["float32"]),
+    "bge_ref f32 vs float64 oracle": (runs["ours", "float32"], runs["ours", "float64"], verify.TOLERANCES["float32"]),
+    "transformers f32 vs float64 oracle": (runs["torch", "float32"], runs["ours", "float64"], None),
+    "bge_ref f64 vs transformers f64": (runs["ours", "float64"], runs["torch", "float64"], verify.TOLERANCES["float64"]),
+}
+reports = {name: verify.Report(name, verify.diff_outputs(a, b, mask, tol), batch["input_ids"].shape)
+           for name, (a, b, tol) in pairs.items()}
+print()
+print(reports["bge_ref f32 vs transformers f32"].table())
 """),
     md(r"""
 ## Per-layer error growth
 
-For each hidden state $\ell$ (0 = embeddings), the largest and the root-mean-square element-wise
-difference $|a - b|$ over the real tokens.
+For each hidden state (0 = embeddings, then after each layer): the largest element-wise difference,
+and the largest relative difference of a token vector, $\lVert a_i - b_i\rVert / \lVert b_i\rVert$.
 """),
     code(r"""
-pairs = {
-    "bge_ref f32 vs transformers f32": (ours32, ref32),
-    "bge_ref f32 vs float64 oracle": (ours32, ours64),
-    "transformers f32 vs float64 oracle": (ref32, ours64),
-    "bge_ref f64 vs transformers f64": (ours64, ref64),
-}
-max_err = {k: np.array([np.abs(x - y)[real].max() for x, y in zip(a, b)]) for k, (a, b) in pairs.items()}
-rms_err = {k: np.array([np.sqrt(np.mean((x.astype(np.float64) - y)[real] ** 2)) for x, y in zip(a, b)])
-           for k, (a, b) in pairs.items()}
-scale = np.array([np.abs(s[real]).max() for s in ours64])   # the largest |value| of each hidden state
+L = c.num_hidden_layers
+hidden = {name: [row for row in rep.rows if row.stage.startswith(("embeddings", "layer"))]  # states 0..L
+          for name, rep in reports.items()}
+max_abs = {name: np.array([row.max_abs for row in rows]) for name, rows in hidden.items()}
+max_rel = {name: np.array([row.max_rel for row in rows]) for name, rows in hidden.items()}
+assert all(len(v) == L + 1 for v in max_abs.values())
 
-print(f"{'state':>5} {'max|value|':>10}" + "".join(f"{k:>36}" for k in pairs))
-for i in range(len(scale)):
-    print(f"{i:>5} {scale[i]:>10.3g}" + "".join(f"{max_err[k][i]:>36.2e}" for k in pairs))
+print(f"{'state':>5}" + "".join(f"{name:>36}" for name in reports))
+for i in range(L + 1):
+    print(f"{i:>5}" + "".join(f"{max_abs[name][i]:>36.2e}" for name in reports))
 
-# float32: within 1e-5 of the state's scale, and no worse than 4x transformers' own float32 rounding.
-assert (max_err["bge_ref f32 vs transformers f32"] <= 1e-5 * scale).all()
-assert (max_err["bge_ref f32 vs float64 oracle"] <= 1e-5 * scale).all()
-assert (max_err["bge_ref f32 vs float64 oracle"] <= 4 * max_err["transformers f32 vs float64 oracle"]).all()
-# float64: the two implementations agree to rounding.
-assert (max_err["bge_ref f64 vs transformers f64"] <= 1e-12 * scale).all()
-print("\nall asserts passed")
-"""),
-    code(r"""
-fig, axes = plt.subplots(1, 2, figsize=(14, 4.6), sharey=True, constrained_layout=True)
+for name in ["bge_ref f32 vs transformers f32", "bge_ref f32 vs float64 oracle", "bge_ref f64 vs transformers f64"]:
+    assert reports[name].ok, reports[name].table()       # every stage within verify.TOLERANCES
+# bge_ref's float32 is no less accurate than transformers' own float32 (up to a factor for luck).
+assert (max_abs["bge_ref f32 vs float64 oracle"] <= 4 * max_abs["transformers f32 vs float64 oracle"]).all()
+print("\nall stages within tolerance:", {k: v for k, v in verify.TOLERANCES.items()})
+
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.6), constrained_layout=True)
 styles = ["-o", "-s", "--^", ":d"]
-for ax, errs, title in [(axes[0], max_err, "largest element-wise difference"),
-                        (axes[1], rms_err, "root-mean-square difference")]:
+for ax, errs, title in [(axes[0], max_abs, "largest element-wise |difference|"),
+                        (axes[1], max_rel, r"largest relative difference of a token vector")]:
     for (name, err), style in zip(errs.items(), styles):
         ax.semilogy(np.maximum(err, 1e-18), style, label=name)
     ax.set_xlabel("hidden state (0 = embeddings, then after each layer)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-axes[0].set_ylabel("|difference|")
+axes[0].axhline(verify.TOLERANCES["float32"]["hidden"], color="gray", lw=0.8, ls="--")
+axes[0].text(0, verify.TOLERANCES["float32"]["hidden"] * 1.5, "float32 tolerance", fontsize=8, color="gray")
 axes[0].legend(fontsize=9)
-fig.suptitle(f"Error growth through the {c.num_hidden_layers} layers ({real.sum()} real tokens)")
+fig.suptitle(f"Error growth through the {L} layers ({real.sum()} real tokens in {len(texts)} texts)")
 save(fig, "error_growth.png")
 """),
     md(r"""
@@ -591,11 +590,12 @@ save(fig, "error_growth.png")
 In float32 each operation rounds its result by up to $2^{-24} \approx 6\times10^{-8}$ of its size.
 A hidden value is the end of a long chain of such operations (dot products over $D$ and $F$ terms,
 $L$ layers), so two float32 implementations that sum in different orders disagree by a spread of
-small multiples of that, which this section shows against the typical size of a value.
+multiples of that, shown here against the typical size of a value.
 """),
     code(r"""
-final = {name: (a[-1].astype(np.float64) - b[-1])[real].ravel() for name, (a, b) in pairs.items()}
-typical = np.median(np.abs(ours64[-1][real]))
+final = {name: (a["states"][-1].astype(np.float64) - b["states"][-1])[real].ravel()
+         for name, (a, b, _) in pairs.items()}
+typical = np.median(np.abs(runs["ours", "float64"]["states"][-1][real]))
 print(f"last hidden state: {final[next(iter(final))].size} numbers, median |value| {typical:.3f}; "
       f"float32 rounds such a value by up to {typical * 2.0**-24:.1e}\n")
 for name in list(pairs)[:3]:
@@ -618,30 +618,23 @@ axes[1].legend(fontsize=9);
     md(r"""
 ## Cosine of the final embeddings
 
-What a user of the embeddings sees: each text's pooled, normalized vector from bge_ref float32 against
-the oracle, transformers (pooled the same way) and sentence-transformers. Plotted as $1 - \cos$.
+What a user of the embeddings sees: each text's pooled, normalized vector (the checkpoint's pooling)
+from bge_ref float32, against the oracle, transformers (pooled in torch as sentence-transformers does)
+and sentence-transformers itself. Plotted as $1 - \cos$.
 """),
     code(r"""
 from sentence_transformers import SentenceTransformer
 
 st = SentenceTransformer(str(directory), device="cpu")
-emb = {"bge_ref f32": model.encode(texts), "float64 oracle": oracle.encode(texts),
+pooling = model.pooling
+emb = {"float64 oracle": runs["ours", "float64"][pooling], "transformers f32": runs["torch", "float32"][pooling],
        "sentence-transformers f32": st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)}
-last32 = torch.from_numpy(ref32[-1])
-m = torch.from_numpy(batch["attention_mask"])[..., None].float()
-pooled = last32[:, 0] if model.pooling == "cls" else (last32 * m).sum(1) / m.sum(1)
-emb["transformers f32"] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-
-def unit(v):
-    v = v.astype(np.float64)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-ours = unit(emb["bge_ref f32"])
+ours = runs["ours", "float32"][pooling]
+check("bge_ref run (verify)  vs  model.encode", ours, model.encode(texts), rtol=1e-6)
 one_minus_cos = {}
-for name in ["float64 oracle", "transformers f32", "sentence-transformers f32"]:
+for name, ref in emb.items():
     # 1 - cos(a, b) = |a^ - b^|^2 / 2 keeps its digits when a and b agree to 1e-8 (1 - a^.b^ would not)
-    one_minus_cos[name] = 0.5 * ((ours - unit(emb[name])) ** 2).sum(-1)
+    one_minus_cos[name] = 0.5 * ((verify.unit(ours.astype(np.float64)) - verify.unit(ref.astype(np.float64))) ** 2).sum(-1)
     print(f"bge_ref f32 vs {name:<26} largest 1 - cos = {one_minus_cos[name].max():.1e}")
     assert one_minus_cos[name].max() <= 1e-10
 
@@ -652,7 +645,7 @@ for j, (name, v) in enumerate(one_minus_cos.items()):
 ax.set_yscale("log")
 ax.set_xticks(range(len(texts)), [f"text {i}\n({n} tokens)" for i, n in enumerate(real.sum(1))])
 ax.set_ylabel(r"$1 - \cos$ (exactly 0 drawn at 1e-20)")
-ax.set_title(f"bge_ref float32 embeddings ({model.pooling} pooling, normalized) against three references")
+ax.set_title(f"bge_ref float32 embeddings ({pooling} pooling, normalized) against three references")
 ax.legend(fontsize=9);
 """),
 ]
@@ -841,6 +834,8 @@ def main(argv):
     figures.mkdir(exist_ok=True)
     os.environ["BGE_REF_FIGURES"] = str(figures)
     os.environ.pop("MPLBACKEND", None)  # let ipykernel pick its inline backend, so figures become outputs
+    # the kernel imports this checkout's bge_ref, whatever copy is pip-installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
     for name, cells in NOTEBOOKS.items():
         if argv and not any(a in name for a in argv):
             continue

@@ -5,6 +5,7 @@ directory and BGE_REF_FIGURES is unset, so no figure is saved), and any cell err
 The notebooks assert their own comparisons against transformers, so a parity break fails here too.
 Needs the `notebooks` extra (matplotlib, nbclient, nbformat, ipykernel) besides `test`.
 """
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from nbclient import NotebookClient
 
 from bge_ref.testing import minilm_dir
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes well under a minute on MiniLM
 
@@ -45,6 +47,8 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("BGE_REF_FIGURES", raising=False)
+    # the kernel must import this checkout's bge_ref, not whichever copy is pip-installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:  # start from nothing: the committed outputs must not be what we check
         if cell.cell_type == "code":
