@@ -284,6 +284,7 @@ scores = qh @ kh.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(Dh))  # (B, H, S, S): 
 bias = M.attention_mask_bias(mask, x0.dtype)                   # (B, 1, 1, S), broadcast over heads and queries
 probs = M.softmax(scores + bias)                                # (B, H, S, S), each row sums to 1
 print("scores", scores.shape, " mask bias", bias.shape, " probabilities", probs.shape)
+print("text 1, head 0, query 0 scores (padded keys too):", np.round(scores[1, 0, 0], 2))
 print("mask bias of text 1:", bias[1, 0, 0])
 print("text 1, head 0, query 0 attends with", np.round(probs[1, 0, 0], 3))
 assert (probs[1][..., mask[1] == 0] == 0).all()                 # padded keys get exactly zero weight
@@ -786,7 +787,7 @@ for pooling, s in by_pooling.items():
 fig, axes = plt.subplots(1, 2, figsize=(17, 5), constrained_layout=True)
 for ax, (pooling, s) in zip(axes, by_pooling.items()):
     fig.colorbar(heatmap(ax, s, f"{pooling} pooling" + (" (trained)" if pooling == model.pooling else " (not trained for)")),
-                 ax=ax, shrink=0.8)
+                 ax=ax, shrink=0.6)
 save(fig, "cls_vs_mean.png")
 """),
     md(r"""
