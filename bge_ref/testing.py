@@ -28,6 +28,8 @@ TINY_CONFIG = dict(BGE_LARGE_CONFIG, hidden_size=64, num_hidden_layers=2, num_at
 # attention branch against the residual (kept small, as in trained models, so tokens stay distinct),
 # the FFN scale the GELU's operating range.
 BGE_LARGE_SCALES = {"qk": 4.0, "vo": 0.5, "ffn": 1.5}
+# The bge-large-size parity batch: one text cut at the full 512 positions, one short (so padded).
+BGE_LARGE_TEXTS = ["Embedding models truncate long inputs, so this one is cut at 512 tokens. " * 60, "hello world"]
 
 
 def minilm_dir() -> Path:

@@ -1,0 +1,69 @@
+"""Full bge-large-en-v1.5 size without its weights: a seeded random BertModel with the exact config
+(24 x 1024, 16 heads, FFN 4096, 512 positions, vocab 30522), weights scaled to behave like a trained
+model (bge_ref.testing.BGE_LARGE_SCALES), against transformers at float32 and float64 on a padded
+batch holding one 512-token text. Built once per session; the 1.34 GB checkpoint and the 2.7 GB
+float64 copies are freed before the tests run on the stored reports (about 3 minutes in all).
+"""
+import gc
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import bge_ref
+from bge_ref.testing import BGE_LARGE_CONFIG, BGE_LARGE_TEXTS, make_bge_large_random
+from bge_ref.verify import four_runs, oracle_study
+
+
+@pytest.fixture(scope="session")
+def bge_large(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bge_large")
+    _, hf = make_bge_large_random(directory, seed=0)
+    ln = {n: p.detach().numpy().copy() for n, p in hf.named_parameters() if "LayerNorm" in n}
+    del hf
+    gc.collect()
+    config = json.loads((directory / "config.json").read_text())
+    batch = bge_ref.load(directory).tokenize(BGE_LARGE_TEXTS)
+    reports = oracle_study(four_runs(directory, batch), batch["attention_mask"])
+    gc.collect()
+    shutil.rmtree(directory)
+    return {"config": config, "ln": ln, "batch": batch, "reports": reports}
+
+
+def test_exact_bge_large_config_and_perturbed_layer_norms(bge_large):
+    config = bge_large["config"]
+    for key, value in BGE_LARGE_CONFIG.items():
+        assert config[key] == value, key
+    assert len(bge_large["ln"]) == 2 * (1 + 2 * 24)  # embeddings + 2 per layer, weight and bias each
+    for name, p in bge_large["ln"].items():
+        ref = 1.0 if name.endswith("weight") else 0.0
+        assert p.shape == (1024,) and np.abs(p - ref).mean() > 0.1, name
+
+
+def test_batch_is_padded_with_a_512_token_text(bge_large):
+    mask = bge_large["batch"]["attention_mask"]
+    assert mask.shape == (2, 512) and mask[0].all() and 2 < mask[1].sum() < 512
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_parity_with_transformers(bge_large, dtype):
+    report = bge_large["reports"][dtype]
+    print(report.table())
+    assert len(report.rows) == 25 + 1 + 2
+    assert report.ok, report.table()
+    if dtype == "float64":
+        assert report.worst("hidden") <= 1e-10
+
+
+def test_float32_error_no_larger_than_torch(bge_large):
+    # Against the float64 oracle, bge_ref float32's typical (rms) error per hidden state is measured at
+    # 1.01-1.04x transformers' (the gap is OpenBLAS's vs MKL's sgemm; README, Verification). 1.10x
+    # allows for that, and catches an op made sloppier. The pooled stages are 2 vectors only, so noisier
+    # (measured 0.98-1.06x): 1.25x.
+    ours, torch32 = bge_large["reports"]["ours32"], bge_large["reports"]["torch32"]
+    for a, b in zip(ours.rows, torch32.rows):
+        print(f"{a.stage:10s} rms ours {a.rms:.3e} torch {b.rms:.3e} ratio {a.rms / b.rms:.3f}")
+    for a, b in zip(ours.rows, torch32.rows):
+        assert a.rms <= (1.25 if a.stage in ("cls", "mean") else 1.10) * b.rms, a.stage
+        assert a.max_abs <= 2 * b.max_abs, a.stage
