@@ -18,6 +18,7 @@ STAGES = ["embeddings"] + [f"layer {i}" for i in range(1, 7)] + ["final", "cls",
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_compare_minilm(minilm_path, hf_minilm, dtype):
     report = compare(minilm_path, TEXTS, dtype, hf_model=hf_minilm)
+    hf_minilm.float()  # compare casts in place; the session fixture stays float32 for other tests
     print(report.table())
     assert [r.stage for r in report.rows] == STAGES
     assert report.ok, report.table()
