@@ -216,7 +216,8 @@ def child(code: str) -> tuple[float, str]:
 def peak_rss(impl, path) -> float:
     """Peak resident set (bytes) of a fresh process that loads `impl` and runs one 8 x 128 forward."""
     code = f"PATH = {str(path)!r}\n" + CHILD[impl] + RUN_8x128[impl] + (
-        "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+        "import re; print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) * 1024)\n")
     return float(child(code)[1].split()[-1])
 
 
