@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -180,6 +181,7 @@ def _blas_single_threaded():
 
 
 _blas_controller = None
+_blas_limit_lock = threading.Lock()
 
 
 def heads_in_parallel(fn, q, k, v, mask_bias, out):
@@ -199,6 +201,8 @@ def heads_in_parallel(fn, q, k, v, mask_bias, out):
         m = None if mask_bias is None else mask_bias[bs]
         out[bs, hs] = fn(q[bs, hs], k[bs, hs], v[bs, hs], m)
 
-    with limit or nullcontext():
+    # threadpoolctl's limit is process-wide: callers in other threads must not interleave their
+    # set/restore pairs (BLAS could be left on one thread), so one attention block runs at a time.
+    with _blas_limit_lock, limit or nullcontext():
         _run(block, blocks)
     return out
