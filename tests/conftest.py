@@ -4,19 +4,12 @@ import torch
 
 import bge_ref
 from bge_ref.testing import TINY_CONFIG, make_random_bert, minilm_dir
+from bge_ref.verify import DEFAULT_TEXTS
 
 torch.set_num_threads(2)
 
-# Mixed lengths, punctuation, accents, CJK, emoji: padded batches exercise the attention mask.
-TEXTS = [
-    "hello world",
-    "The quick brown fox jumps over the lazy dog, again and again, until it is tired.",
-    "Café au lait, naïve résumé, Führer, São Paulo.",
-    "東京は日本の首都です。",
-    "I love 🦙.cpp and 🤗 transformers!",
-    "a",
-    "Represent this sentence for searching relevant passages: what is a BERT encoder?",
-]
+# Mixed lengths (a padded batch exercises the attention mask), accents, CJK, emoji: verify's own batch.
+TEXTS = DEFAULT_TEXTS
 
 
 @pytest.fixture(scope="session")
