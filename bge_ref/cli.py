@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .errors import BgeRefError, InputError
@@ -71,6 +72,9 @@ def main(argv=None) -> int:
     except BgeRefError as err:
         print(f"bge-ref: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left early (`bge-ref embed ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,3 +32,12 @@ def test_info(minilm_path):
 def test_bad_model_is_a_clean_error(tmp_path):
     r = _cli("embed", "--model", str(tmp_path), "x")
     assert r.returncode == 2 and "config.json not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reader_leaving_early_is_not_a_traceback(minilm_path):
+    p = subprocess.Popen([sys.executable, "-m", "bge_ref.cli", "embed", "--model", str(minilm_path), "a", "b"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # like `| head -c 10`
+    err = p.stderr.read()
+    assert p.wait(timeout=300) != 0 and b"Traceback" not in err
