@@ -81,3 +81,14 @@ def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
     threaded = model.forward(**batch)
     monkeypatch.setattr(M, "THREADS", 1)
     np.testing.assert_array_equal(threaded, model.forward(**batch))
+
+
+def test_without_threadpoolctl_attention_runs_in_one_block(tiny, monkeypatch):
+    """threadpoolctl is optional at runtime: without it BLAS keeps its threads and heads run in one block."""
+    from bge_ref import model as M
+    model = bge_ref.load(tiny[0])
+    batch = model.tokenize(TEXTS)
+    with_ctl = model.forward(**batch)
+    monkeypatch.setattr(M, "_blas_controller", False)  # what _blas_single_threaded caches on ImportError
+    assert M._blas_single_threaded() is None
+    np.testing.assert_allclose(model.forward(**batch), with_ctl, rtol=0, atol=1e-6)
