@@ -245,8 +245,10 @@ def machine() -> str:
     from threadpoolctl import threadpool_info
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
+    libs = sorted((i for i in threadpool_info() if i["user_api"] == "blas"),  # NumPy's first, not torch's
+                  key=lambda i: not any(k in i["filepath"] for k in ("numpy", "scipy_openblas")))
     blas = next((f"{i['internal_api']} {i['version']} ({i['architecture']} kernel, {i['num_threads']} threads)"
-                 for i in threadpool_info() if i["user_api"] == "blas"), "unknown BLAS")
+                 for i in libs), "unknown BLAS")
     import torch
     return (f"{cpu}, {os.cpu_count()} cores visible, {THREADS} threads used; Python {platform.python_version()}, "
             f"NumPy {np.__version__} with {blas}, torch {torch.__version__}")
