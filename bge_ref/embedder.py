@@ -26,11 +26,10 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "
     """
     if str(dtype) not in ("float32", "float64"):
         raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    if weights_dtype is not None and str(weights_dtype) not in ("float16", str(dtype)):
-        raise InputError(f"weights_dtype must be None, 'float16' (with dtype 'float32') or {str(dtype)!r}, "
-                         f"got {weights_dtype!r}")
-    if str(weights_dtype) == "float16" and str(dtype) != "float32":
-        raise InputError("weights_dtype='float16' needs dtype='float32'")
+    allowed = (str(dtype), "float16") if str(dtype) == "float32" else (str(dtype),)
+    if weights_dtype is not None and str(weights_dtype) not in allowed:
+        raise InputError(f"weights_dtype must be None or one of {allowed} with dtype={str(dtype)!r} "
+                         f"(float16 storage needs float32 compute), got {weights_dtype!r}")
     directory = hub.resolve(model, revision)
     config = BertConfig.from_json(directory / "config.json")
     weights = directory / "model.safetensors"
@@ -46,6 +45,11 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "
     pooling, normalize = hub.sentence_transformers_defaults(directory)
     params = load_params(weights, config, np.dtype(str(dtype)), weights_dtype)
     return Embedder(config, params, tokenizer, pooling=pooling, normalize=normalize, name=str(directory))
+
+
+def l2_normalize(v):
+    """Rows scaled to unit L2 norm, as torch's F.normalize (eps 1e-12, so a zero row stays zero)."""
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
 def _as_texts(texts, what="texts") -> tuple[list[str], bool]:
@@ -184,7 +188,7 @@ class Embedder:
                 hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
                 out[[lo + i for i in idx]] = self.pool(hidden, batch["attention_mask"], pooling)
         if normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # as torch's F.normalize
+            out = l2_normalize(out)
         return out[0] if single else out
 
     def encode_queries(self, texts, **kw):

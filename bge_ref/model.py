@@ -127,7 +127,7 @@ def encoder(x, mask_bias, layers, config: BertConfig, output_hidden_states=False
 
 def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, output_hidden_states=False):
     """BertModel without the pooler: token ids (B, S) -> last hidden state (B, S, D) [, hidden states]."""
-    dtype = params["layers"][0]["qkv_b"].dtype if params["layers"] else params["embeddings"]["ln_g"].dtype
+    dtype = params["embeddings"]["ln_g"].dtype            # LayerNorm weights are always kept in the compute dtype
     x = embeddings(input_ids, token_type_ids, params["embeddings"], config.layer_norm_eps, dtype)  # (B, S, D)
     # A batch without padding needs no mask; adding zeros would only cost time.
     mask_bias = None if attention_mask.all() else attention_mask_bias(attention_mask, dtype)  # (B, 1, 1, S)

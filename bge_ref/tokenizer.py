@@ -23,7 +23,8 @@ class Tokenizer:
             raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
         full.no_padding()
         full.no_truncation()
-        cut = _HFTokenizer.from_str(full.to_str())
+        spec = full.to_str()
+        cut = _HFTokenizer.from_str(spec)
         cut.enable_truncation(max_length)
         self._full, self._cut = full, cut
         self.max_length, self.pad_id = max_length, pad_id
@@ -31,7 +32,7 @@ class Tokenizer:
         # BERT's pre-tokenizer splits words at whitespace and its normalizer works character by
         # character, so the tokens before a space do not depend on what follows it. That lets a long
         # text be cut to a prefix before tokenizing (see _prefix). Other tokenizers get the whole text.
-        pre = json.loads(full.to_str()).get("pre_tokenizer") or {}
+        pre = json.loads(spec).get("pre_tokenizer") or {}
         self._splits_at_spaces = pre.get("type") == "BertPreTokenizer"
 
     def encode(self, texts: list[str], truncate: bool = True):

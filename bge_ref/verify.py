@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .embedder import l2_normalize as unit  # rows to unit L2 norm, as encode() does
 from .errors import BgeRefError, InputError
 
 # Max abs diff allowed per stage. Measured by scripts/verification_report.py (README, Verification)
@@ -99,11 +100,6 @@ def _kind(stage: str) -> str:
 
 
 # -- the numbers ----------------------------------------------------------------------------------
-def unit(v):
-    """Rows scaled to unit L2 norm (as torch's F.normalize, eps 1e-12)."""
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
 def diff_stage(stage, a, b, real=None, tol=None) -> Row:
     """Compare a (ours) with b (reference), (B, S, D) on the tokens where `real` is True, or (B, D)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
