@@ -35,7 +35,8 @@ def test_bad_model_is_a_clean_error(tmp_path):
 
 
 def test_reader_leaving_early_is_not_a_traceback(minilm_path):
-    p = subprocess.Popen([sys.executable, "-m", "bge_ref.cli", "embed", "--model", str(minilm_path), "a", "b"],
+    texts = ["a", "b"] * 50  # ~0.7 MB of JSON: far more than a pipe buffers, so the write must fail
+    p = subprocess.Popen([sys.executable, "-m", "bge_ref.cli", "embed", "--model", str(minilm_path), *texts],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.read(10)
     p.stdout.close()  # like `| head -c 10`

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import bge_ref
+from bge_ref import model as M
 from bge_ref.model import layer_norm, softmax
 
 from .conftest import TEXTS, hf_forward
@@ -52,6 +53,29 @@ def test_layer_norm_and_softmax_against_torch():
     assert np.allclose(s.sum(-1), 1)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("logit_scale", [1.0, 40.0])  # 40: scores far beyond exp's range
+@pytest.mark.filterwarnings("error")                    # and no overflow warning escapes
+def test_attention_against_torch_eager(dtype, logit_scale, monkeypatch):
+    """attention() normalizes after @ V, and skips the max shift only while exp stays in range."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((3, 4, 9, 16)).astype(dtype) for _ in range(3))
+    q *= logit_scale
+    mask = np.ones((3, 9), int)
+    mask[1, 5:] = 0                                       # one padded sequence
+    bias = M.attention_mask_bias(mask, np.dtype(dtype))
+    tq, tk, tv, tb = (torch.from_numpy(a) for a in (q, k, v, bias))
+    ref = (torch.softmax(tq @ tk.transpose(-1, -2) * 0.25 + tb, -1) @ tv).numpy()  # HF's eager attention
+    calls, plain = [], M.attention
+    monkeypatch.setattr(M, "attention", lambda *a, **kw: calls.append(kw.get("shift", False)) or plain(*a, **kw))
+    out = M.attention(q, k, v, bias)
+    assert calls == ([False] if logit_scale == 1 else [False, True])  # the guard fired only when needed
+    assert np.isfinite(out).all()
+    rel = np.abs(out - ref).max() / np.abs(ref).max()
+    print(f"{dtype} logits x{logit_scale}: max rel diff to torch {rel:.1e}")
+    assert rel <= (1e-14 if dtype == "float64" else 1e-6)
+
+
 def test_reads_sizes_from_config(tiny):
     model = bge_ref.load(tiny[0])
     c = model.config
@@ -75,20 +99,20 @@ def test_float16_weights_keep_float32_compute_and_cosine(minilm_path):
 
 def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
     """The thread pool only splits independent rows and heads: results are bit-identical."""
-    from bge_ref import model as M
+    from bge_ref import threads
     model = bge_ref.load(tiny[0])
     batch = model.tokenize(TEXTS)
     threaded = model.forward(**batch)
-    monkeypatch.setattr(M, "THREADS", 1)
+    monkeypatch.setattr(threads, "THREADS", 1)
     np.testing.assert_array_equal(threaded, model.forward(**batch))
 
 
 def test_without_threadpoolctl_attention_runs_in_one_block(tiny, monkeypatch):
     """threadpoolctl is optional at runtime: without it BLAS keeps its threads and heads run in one block."""
-    from bge_ref import model as M
+    from bge_ref import threads
     model = bge_ref.load(tiny[0])
     batch = model.tokenize(TEXTS)
     with_ctl = model.forward(**batch)
-    monkeypatch.setattr(M, "_blas_controller", False)  # what _blas_single_threaded caches on ImportError
-    assert M._blas_single_threaded() is None
+    monkeypatch.setattr(threads, "_blas_controller", False)  # what blas_single_threaded caches on ImportError
+    assert threads.blas_single_threaded() is None
     np.testing.assert_allclose(model.forward(**batch), with_ctl, rtol=0, atol=1e-6)
