@@ -1,9 +1,9 @@
-"""Where bge_ref's time goes in one bge-large-size forward, and what that means for the speed goal.
+"""Where bge_ref's time goes in one 8 x 128 forward of each benchmark model, and what it means for the speed goals.
 
     python benchmarks/breakdown.py                 # print the table
     python benchmarks/breakdown.py --write-readme  # and replace README's profile region with it
 
-Each block function of bge_ref.model is timed (inclusive, 24 layers), the matmuls are timed alone at
+Each block function of bge_ref.model is timed (inclusive, all layers), the matmuls are timed alone at
 the same shapes, and transformers' forward and its matmuls alone are timed the same way. The last
 line is the ceiling: bge_ref's speed against transformers if everything but the matmuls cost nothing.
 """
@@ -93,13 +93,14 @@ def profile(path, B=8, S=128, repeat=5):
     return plain, total, spent, ours_mm, torch_total, torch_mm
 
 
-def report(path, B=8, S=128, repeat=5) -> str:
+def report(name, path, B=8, S=128, repeat=5) -> str:
     plain, total, spent, ours_mm, torch_total, torch_mm = profile(path, B, S, repeat)
     rows = [f"| {WHAT[k]} | {v:.3f} | {v / total:.0%} |" for k, v in spent.items()]
+    layers = bge_ref.BertConfig.from_json(Path(path) / "config.json").num_hidden_layers
     return "\n".join([
-        f"bge-large size, one {B} x {S} forward (`python benchmarks/breakdown.py`, best of {repeat}; {machine()}):",
+        f"**{name}**, one {B} x {S} forward, best of {repeat}:",
         "",
-        "| block (24 layers) | seconds | share of the forward |",
+        f"| block ({layers} layers) | seconds | share of the forward |",
         "| --- | ---: | ---: |",
         *rows,
         f"| **whole forward, instrumented** | **{total:.3f}** | 100% |",
@@ -118,7 +119,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    text = report(models()["bge-large (random)"], repeat=args.repeat)
+    text = "\n\n".join([f"`python benchmarks/breakdown.py` on {machine()}.",
+                         *(report(name, path, repeat=args.repeat) for name, path in models().items())])
     print(text)
     if args.write_readme:
         readme = ROOT / "README.md"
