@@ -3,7 +3,7 @@
     python scripts/fp32_error_attribution.py [--layers 6]
 
 1. Each op alone, in float32, bge_ref's NumPy version and torch's, on the same float32 inputs, against
-   the same op in float64 on those inputs: LayerNorm, softmax, GELU (erf), and the four projections'
+   the same op in float64 on those inputs: LayerNorm, attention (softmax(q k^T / 8) v), GELU (erf), and the four projections'
    matmuls with a bge-large-size layer's weights. rms and max abs error.
 2. End to end, a bge-large-size random model cut to --layers layers: rms error of every hidden state
    against the float64 oracle for bge_ref, transformers, bge_ref with only its matmuls done by
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bge_ref  # noqa: E402
 from bge_ref.erf import gelu  # noqa: E402
-from bge_ref.model import layer_norm, softmax  # noqa: E402
+from bge_ref.model import attention, layer_norm  # noqa: E402
 from bge_ref.testing import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert  # noqa: E402
 from bge_ref.verify import run_ours, run_transformers  # noqa: E402
 
@@ -40,12 +40,14 @@ def op_table(params) -> list[str]:
     f32, f64 = np.float32, np.float64
     x = (rng.normal(0, 1, (1024, 1024)) * rng.uniform(0.5, 3, 1024) + rng.normal(0, 1, 1024)).astype(f32)  # residual sums
     g, b = (1 + 0.2 * rng.normal(size=1024)).astype(f32), (0.2 * rng.normal(size=1024)).astype(f32)
-    s = (rng.normal(0, 4, (256, 512))).astype(f32)              # attention logits, sharp
+    q, k, v = (rng.normal(0, 1, (8, 16, 128, 64)).astype(f32) for _ in range(3))
+    q *= 3                                                        # sharp attention (logits ~ N(0, 3^2))
     h = rng.normal(0, 1, (1024, 4096)).astype(f32)               # pre-GELU
     xn = layer_norm(x, g, b, 1e-12)
     cases = [("LayerNorm", layer_norm(x, g, b, 1e-12), F.layer_norm(T(x), (1024,), T(g), T(b), 1e-12).numpy(),
               layer_norm(x.astype(f64), g.astype(f64), b.astype(f64), 1e-12)),
-             ("softmax", softmax(s), torch.softmax(T(s), -1).numpy(), softmax(s.astype(f64))),
+             ("attention", attention(q, k, v, None), (torch.softmax(T(q) @ T(k).transpose(-1, -2) * 0.125, -1) @ T(v)).numpy(),
+              attention(*(a.astype(f64) for a in (q, k, v)), None)),
              ("GELU (erf)", gelu(h), F.gelu(T(h)).numpy(), gelu(h.astype(f64)))]
     gh = gelu(xn @ np.ascontiguousarray(params["inter_w"]))
     for name, inp in [("qkv_w", xn), ("attn_out_w", xn), ("inter_w", xn), ("out_w", gh)]:

@@ -105,7 +105,7 @@ def render(res, stats, seconds) -> str:
         "",
         f"rms ratio bge_ref / transformers over the stages: MiniLM {ratio_range(mini)}, bge-large size "
         f"{ratio_range(large)}. Where bge_ref's float32 error is the larger, the matmuls are the cause: bge_ref's GELU "
-        "(float64, rounded once), softmax and LayerNorm are as accurate as torch's or more, while NumPy's OpenBLAS sgemm "
+        "(float64, rounded once), attention (normalized after @ V) and LayerNorm are as accurate as torch's or more, while NumPy's OpenBLAS sgemm "
         "rounds a little more than PyTorch's MKL sgemm at bge-large's sizes; with only its matmuls swapped for "
         "torch.matmul, bge_ref's error matches transformers' (`scripts/fp32_error_attribution.py` measures both).",
         "",

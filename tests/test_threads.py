@@ -1,0 +1,45 @@
+"""The small thread pool: results in order, errors in order, nothing lost when split."""
+import threading
+
+import numpy as np
+import pytest
+
+from bge_ref import threads
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_run_keeps_order_and_uses_the_pool(n_threads, monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", n_threads)
+    names = set()
+    out = threads.run(lambda i, j: names.add(threading.current_thread().name) or i * j, [(i, 2) for i in range(50)])
+    assert out == [2 * i for i in range(50)]
+    assert any(n.startswith("bge_ref") for n in names) == (n_threads > 1)
+
+
+def test_run_raises_the_first_error_in_argument_order(monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 2)
+
+    def fail_on(i):
+        if i in (3, 7):
+            raise ValueError(f"item {i}")
+        return i
+    with pytest.raises(ValueError, match="item 3"):
+        threads.run(fail_on, [(i,) for i in range(10)])
+
+
+@pytest.mark.parametrize("n, parts", [(0, 2), (1, 2), (2, 2), (7, 2), (10, 3), (5, 8)])
+def test_chunks_cover_the_range_once(n, parts):
+    slices = threads.chunks(n, parts)
+    assert len(slices) == min(n, parts)
+    covered = np.concatenate([np.arange(n)[s] for s in slices]) if slices else np.array([], int)
+    np.testing.assert_array_equal(covered, np.arange(n))
+    sizes = [s.stop - s.start for s in slices]
+    assert not sizes or max(sizes) - min(sizes) <= 1
+
+
+def test_blas_limit_restores_the_thread_count():
+    import threadpoolctl  # the optional `fast` extra, which CI installs
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    with threads.blas_single_threaded():
+        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+    assert [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"] == before
