@@ -73,11 +73,11 @@ def embeddings(input_ids, token_type_ids, p, eps, dtype):
 def attention(q, k, v, mask_bias, shift=False):
     """softmax(q k^T / sqrt(Dh) + mask) v for a stack of heads; q, k, v (b, h, S, Dh).
 
-    Two passes over the (S, S) scores instead of six: softmax(s) @ v = (exp(s) @ v) / sum(exp(s)),
-    so the division touches the (S, Dh) result, not the scores. And softmax is unchanged by a shift
-    of s, so the usual shift by the row max (as HF) is only a guard against exp overflowing; it is
-    skipped while every row sum is safely inside the dtype's range (|s| below ~46, always so for
-    trained models), and the block is redone with it otherwise.
+    Three passes over the (S, S) scores (scale, exp, sum) instead of six: softmax(s) @ v =
+    (exp(s) @ v) / sum(exp(s)), so the division touches the (S, Dh) result, not the scores. And
+    softmax is unchanged by a shift of s, so the usual shift by the row max (as HF) only guards exp
+    against over- and underflow; it is skipped while every row sum is well inside the dtype's range
+    (scores within about +-46), and the block is redone with it otherwise.
     """
     scores = q @ k.transpose(0, 1, 3, 2)                  # (b, h, S, S)
     scores *= 1.0 / math.sqrt(q.shape[-1])
