@@ -1,8 +1,8 @@
-"""Both cores for the NumPy work that BLAS does not spread over them itself.
+"""All cores for the NumPy work that BLAS does not spread over them itself.
 
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
 in parallel on large arrays. model.py splits attention heads and GELU rows with `run`; checkpoint.py
-checks and fuses layers two at a time.
+checks and fuses several layers at once. $BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations
 
@@ -12,8 +12,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-THREADS = int(os.environ.get("BGE_REF_THREADS", 0)) or (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+from .errors import InputError
+
+
+def threads_from_env() -> int:
+    """$BGE_REF_THREADS if set, else the cores this process may run on."""
+    raw = os.environ.get("BGE_REF_THREADS", "").strip()
+    if not raw:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"BGE_REF_THREADS must be a positive integer (threads for bge_ref's own pool), got {raw!r}")
+    return int(raw)
+
+
+THREADS = threads_from_env()
 _pool = None
 
 

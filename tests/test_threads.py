@@ -1,10 +1,13 @@
 """The small thread pool: results in order, errors in order, nothing lost when split."""
+import os
+import re
 import threading
 
 import numpy as np
 import pytest
 
 from bge_ref import threads
+from bge_ref.errors import InputError
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
@@ -43,3 +46,16 @@ def test_blas_limit_restores_the_thread_count():
     with threads.blas_single_threaded():
         assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
     assert [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), (" 1 ", 1), ("", None)])
+def test_threads_from_env(value, expected, monkeypatch):
+    monkeypatch.setenv("BGE_REF_THREADS", value)
+    assert threads.threads_from_env() == (expected or len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_threads_env_is_a_clear_error(value, monkeypatch):
+    monkeypatch.setenv("BGE_REF_THREADS", value)
+    with pytest.raises(InputError, match=f"BGE_REF_THREADS must be a positive integer.*{re.escape(repr(value))}"):
+        threads.threads_from_env()
