@@ -90,13 +90,12 @@ def profile(path, B=8, S=128, repeat=5):
         torch_mm = len(L) * sum(best(lambda f=f, a=a: f(a), repeat) for f, a in (
             (lay.attention.self.query, tx), (lay.attention.self.key, tx), (lay.attention.self.value, tx),
             (lay.attention.output.dense, tx), (lay.intermediate.dense, tx), (lay.output.dense, th)))
-    return plain, total, spent, ours_mm, torch_total, torch_mm
+    return len(L), plain, total, spent, ours_mm, torch_total, torch_mm
 
 
 def report(name, path, B=8, S=128, repeat=5) -> str:
-    plain, total, spent, ours_mm, torch_total, torch_mm = profile(path, B, S, repeat)
+    layers, plain, total, spent, ours_mm, torch_total, torch_mm = profile(path, B, S, repeat)
     rows = [f"| {WHAT[k]} | {v:.3f} | {v / total:.0%} |" for k, v in spent.items()]
-    layers = bge_ref.BertConfig.from_json(Path(path) / "config.json").num_hidden_layers
     return "\n".join([
         f"**{name}**, one {B} x {S} forward, best of {repeat}:",
         "",

@@ -164,10 +164,10 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         if not np.isfinite(arr).all():
             raise CheckpointError(f"{path}: tensor {hf!r} contains NaN or Inf")
-        mapped = arr
-        narrow = store if arr.ndim == 2 and hf != "embeddings.word_embeddings.weight" else dtype
+        mapped, word_table = arr, hf == "embeddings.word_embeddings.weight"
+        narrow = store if arr.ndim == 2 and not word_table else dtype
         arr = arr.astype(narrow, copy=False)            # float32 file + float32 compute: still the mapped view
-        if arr is not mapped or hf == "embeddings.word_embeddings.weight":
+        if arr is not mapped or word_table:
             _release_mapped_pages(mapped)               # copied; or only a few rows of it will be gathered
         if arr is not mapped and not np.isfinite(arr).all():
             raise CheckpointError(f"{path}: tensor {hf!r} does not fit in {narrow} (values beyond its range)")

@@ -187,8 +187,10 @@ def heads_in_parallel(fn, q, k, v, mask_bias, out):
         m = None if mask_bias is None else mask_bias[bs]
         out[bs, hs] = fn(q[bs, hs], k[bs, hs], v[bs, hs], m)
 
+    # Without the limit, BLAS threads each matmul itself: the blocks must not run concurrently too.
+    run = threads.run if limit is not None else lambda fn, args_list: [fn(*args) for args in args_list]
     with threads.blas_limit_lock, limit or nullcontext():  # one attention block at a time
-        threads.run(block, blocks)
+        run(block, blocks)
     return out
 
 

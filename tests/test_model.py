@@ -107,12 +107,19 @@ def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
     np.testing.assert_array_equal(threaded, model.forward(**batch))
 
 
-def test_without_threadpoolctl_attention_runs_in_one_block(tiny, monkeypatch):
-    """threadpoolctl is optional at runtime: without it BLAS keeps its threads and heads run in one block."""
+def test_without_threadpoolctl_attention_blocks_run_in_the_calling_thread(tiny, monkeypatch):
+    """threadpoolctl is optional at runtime: without it BLAS keeps its threads, so the attention
+    blocks run one after the other in the caller's thread, never concurrently on the pool."""
+    import threading
+
     from bge_ref import threads
     model = bge_ref.load(tiny[0])
     batch = model.tokenize(TEXTS)
     with_ctl = model.forward(**batch)
     monkeypatch.setattr(threads, "_blas_controller", False)  # what blas_single_threaded caches on ImportError
     assert threads.blas_single_threaded() is None
+    monkeypatch.setattr(M, "SCORES_BLOCK_BYTES", 1)      # one sequence per block: several blocks
+    ran_in, plain = set(), M.attention
+    monkeypatch.setattr(M, "attention", lambda *a, **kw: ran_in.add(threading.current_thread()) or plain(*a, **kw))
     np.testing.assert_allclose(model.forward(**batch), with_ctl, rtol=0, atol=1e-6)
+    assert ran_in == {threading.current_thread()}
