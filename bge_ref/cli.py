@@ -1,4 +1,9 @@
-"""Command line: `bge-ref embed`, `bge-ref info` (and `bge-ref verify`, see verify.py)."""
+"""Command line: `bge-ref embed`, `bge-ref info` (and `bge-ref verify`, see verify.py).
+
+One convention for every subcommand: output on stdout; an error is one line on stderr,
+`bge-ref: error: <message naming the text, line, field or file>`, and exit status 2 (as argparse
+uses for bad arguments); exit status 1 means the command ran and its check failed (verify).
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,29 +15,43 @@ import sys
 from .errors import BgeRefError, InputError
 
 
-def _stdin_lines() -> list[str]:
-    """Non-blank lines of stdin, decoded as UTF-8 (a bad byte is an InputError naming the line)."""
-    lines = []
+def _stdin_lines(skip_blank: bool) -> tuple[list[str], list[int]]:
+    """Lines of stdin decoded as UTF-8, and their 1-based line numbers.
+
+    Output rows must line up with input lines, so a blank line is an error naming it, unless
+    skip_blank drops it (the numbers then say which lines the rows belong to)."""
+    lines, numbers = [], []
     for n, raw in enumerate(sys.stdin.buffer, 1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
             raise InputError(f"stdin line {n} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
-        if line.strip():
-            lines.append(line)
-    return lines
+        if not line.strip():
+            if skip_blank:
+                continue
+            raise InputError(f"stdin line {n} is blank; every line is one text (pass --skip-blank to drop "
+                             "blank lines; the output's \"lines\" then lists the line of each row)")
+        lines.append(line)
+        numbers.append(n)
+    return lines, numbers
 
 
 def _embed(args) -> int:
     from .embedder import QUERY_INSTRUCTION, load
-    texts = args.text or _stdin_lines()
+    numbers = None
+    texts = args.text
     if not texts:
-        raise SystemExit("bge-ref embed: no text given (pass TEXT arguments or lines on stdin)")
+        texts, numbers = _stdin_lines(args.skip_blank)
+    if not texts:
+        raise InputError("embed: no text given (pass TEXT arguments or lines on stdin)")
     model = load(args.model)
     pooling = args.pooling or model.pooling
     vectors = model.encode(texts, pooling=pooling, normalize=not args.no_normalize,
                            batch_size=args.batch_size, prompt=QUERY_INSTRUCTION if args.query else None)
-    json.dump({"shape": list(vectors.shape), "data": vectors.tolist(), "pooling": pooling}, sys.stdout)
+    out = {"shape": list(vectors.shape), "data": vectors.tolist(), "pooling": pooling}
+    if args.skip_blank and numbers is not None:
+        out["lines"] = numbers
+    json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0
 
@@ -47,7 +66,9 @@ def _info(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import __version__
     p = argparse.ArgumentParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
+    p.add_argument("--version", action="version", version=f"bge-ref {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("embed", help="embed texts (arguments, or one per stdin line) and print JSON")
     e.add_argument("text", nargs="*", help="texts to embed; read from stdin, one per line, when none")
@@ -56,6 +77,8 @@ def main(argv=None) -> int:
     e.add_argument("--no-normalize", action="store_true", help="return raw pooled vectors")
     e.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction (for short queries)")
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--skip-blank", action="store_true",
+                   help="drop blank stdin lines (an error otherwise); the output's \"lines\" gives each row's line")
     e.set_defaults(func=_embed)
     i = sub.add_parser("info", help="print the resolved config, pooling and max length")
     i.add_argument("--model")

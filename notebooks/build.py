@@ -2,7 +2,7 @@
 
     python notebooks/build.py                 # all notebooks, on $BGE_REF_MODEL (else bge-large-en-v1.5)
     python notebooks/build.py 03              # only the notebooks whose name contains "03"
-    BGE_REF_MODEL=$(python -c "from bge_ref.testing import minilm_dir; print(minilm_dir())") \
+    BGE_REF_MODEL=$(python -c "from tests.checkpoints import minilm_dir; print(minilm_dir())") \
         HF_HUB_OFFLINE=1 python notebooks/build.py
 
 The .ipynb files are the deliverable (committed with their outputs, so a code host shows the
@@ -65,7 +65,7 @@ model = bge_ref.load(directory)                            # float32, as embeddi
 {extra}
 c = model.config
 try:  # name the checkpoint CI uses, rather than printing a site-packages path
-    from bge_ref.testing import minilm_dir
+    from tests.checkpoints import minilm_dir
     is_minilm = Path(directory).resolve() == minilm_dir().resolve()
 except ImportError:
     is_minilm = False

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bge_ref  # noqa: E402
 from bge_ref.erf import gelu  # noqa: E402
 from bge_ref.model import attention, layer_norm  # noqa: E402
-from bge_ref.testing import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert  # noqa: E402
+from tests.checkpoints import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert  # noqa: E402
 from bge_ref.verify import run_ours, run_transformers  # noqa: E402
 
 

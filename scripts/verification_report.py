@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))      # this checkout's bge_ref
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bge_ref  # noqa: E402
-from bge_ref.testing import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir  # noqa: E402
+from tests.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir  # noqa: E402
 from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, format_table, four_runs, oracle_study  # noqa: E402
 
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/verification_report.py"

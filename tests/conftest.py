@@ -1,12 +1,26 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import bge_ref
-from bge_ref.testing import TINY_CONFIG, make_random_bert, minilm_dir
+from tests.checkpoints import TINY_CONFIG, make_random_bert, minilm_dir
 from bge_ref.verify import DEFAULT_TEXTS
 
 torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment for a child process (`python -m bge_ref ...`, a server): this checkout's
+    bge_ref first on the path, whatever copy is pip-installed, and offline."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 # Mixed lengths (a padded batch exercises the attention mask), accents, CJK, emoji: verify's own batch.
 TEXTS = DEFAULT_TEXTS

@@ -94,5 +94,7 @@ def test_run_rejects_bad_payloads(minilm, payload, field):
 def test_openai_embeddings(minilm):
     out = minilm.openai_embeddings({"input": ["hello world", "hi"], "model": "m"})
     assert out["object"] == "list" and [d["index"] for d in out["data"]] == [0, 1]
-    np.testing.assert_allclose(out["data"][0]["embedding"], minilm.encode("hello world"), atol=1e-7)
+    # batched beside "hi", not alone: within the batch invariant (1e-6), not bit for bit (BLAS blocking
+    # differs with the batch shape; 1.45e-7 measured on OpenBLAS's Haswell kernel)
+    np.testing.assert_allclose(out["data"][0]["embedding"], minilm.encode("hello world"), atol=1e-6)
     assert out["usage"]["prompt_tokens"] == 4 + 3

