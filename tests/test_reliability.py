@@ -10,6 +10,7 @@ import pytest
 
 import bge_ref
 from bge_ref import BgeRefError, CheckpointError, InputError
+from tests.conftest import subprocess_env
 
 ADVERSARIAL = ["", " ", "\t\n\r ", "\x00", "a\x00b\x01c\x7f", "\u200b\ufeff\u2028", "🦙" * 300, "\U0010ffff",
                "[CLS] [SEP] [PAD] [MASK] [UNK]", "a" * 5000, "x " * 3000, "\u0301\u0301", "ﷺ" * 50]
@@ -202,7 +203,8 @@ def test_run_truncates_long_text_and_accepts_100(model):
 
 
 def _cli(*args, stdin=b""):
-    return subprocess.run([sys.executable, "-m", "bge_ref.cli", *args], input=stdin, capture_output=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "bge_ref", *args], input=stdin, capture_output=True, timeout=300,
+                          env=subprocess_env())
 
 
 def test_cli_bad_input_is_a_clean_error(tiny):
@@ -211,7 +213,10 @@ def test_cli_bad_input_is_a_clean_error(tiny):
     r = _cli("embed", "--model", str(tiny[0]), "--batch-size", "0", "x")
     assert r.returncode == 2 and b"batch_size must be a positive int" in r.stderr
     r = _cli("embed", "--model", str(tiny[0]), stdin=b"a\n\n  \nb\n")
-    assert r.returncode == 0 and json.loads(r.stdout)["shape"] == [2, 64]  # blank lines skipped
+    assert r.returncode == 2 and b"stdin line 2 is blank" in r.stderr  # rows would no longer match lines
+    r = _cli("embed", "--model", str(tiny[0]), "--skip-blank", stdin=b"a\n\n  \nb\n")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["shape"] == [2, 64] and out["lines"] == [1, 4]
 
 
 def test_corrupt_tokenizer_and_config(tiny, tmp_path):
