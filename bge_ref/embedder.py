@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import hub
+from . import hub, st_config
 from .checkpoint import load_params
 from .config import BertConfig
 from .errors import CheckpointError, InputError
@@ -37,12 +37,12 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "
         raise CheckpointError(f"{weights}: not found; bge_ref reads safetensors weights only")
     if not (directory / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory / 'tokenizer.json'}: not found; bge_ref needs the fast tokenizer file")
-    max_length = hub.max_seq_length(directory, config.max_position_embeddings)
+    max_length = st_config.max_seq_length(directory, config.max_position_embeddings)
     tokenizer = Tokenizer(directory / "tokenizer.json", max_length, config.pad_token_id)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{directory / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but the "
                               f"word embedding has {config.vocab_size} rows; tokenizer and weights do not match")
-    pooling, normalize = hub.sentence_transformers_defaults(directory)
+    pooling, normalize = st_config.sentence_transformers_defaults(directory)
     params = load_params(weights, config, np.dtype(str(dtype)), weights_dtype)
     return Embedder(config, params, tokenizer, pooling=pooling, normalize=normalize, name=str(directory))
 

@@ -1,7 +1,6 @@
 """Finding a checkpoint: a local directory, or a hub repo id fetched through huggingface_hub's cache."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -48,44 +47,3 @@ def _download(repo_id: str, revision: str | None) -> Path:
                               f"{str(e).splitlines()[0]}") from None
     except OSError as e:  # network errors that huggingface_hub lets through
         raise CheckpointError(f"{repo_id}: download failed ({e}); pass a local directory instead") from None
-
-
-def read_json(path: Path, default=None):
-    """A small JSON file of the checkpoint, or `default` when it is absent."""
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
-def sentence_transformers_defaults(directory: Path) -> tuple[str, bool]:
-    """(pooling, normalize) declared by the checkpoint's sentence-transformers modules.
-
-    Without a modules.json the answer is bge's official usage: the [CLS] vector, L2-normalized.
-    """
-    modules = read_json(directory / "modules.json")
-    if not isinstance(modules, list):
-        return "cls", True
-    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
-    normalize = "Normalize" in kinds
-    pooling = "cls"
-    if "Pooling" in kinds:
-        cfg = read_json(directory / kinds["Pooling"].get("path", "") / "config.json", {})
-        if cfg.get("pooling_mode_mean_tokens"):
-            pooling = "mean"
-        elif not cfg.get("pooling_mode_cls_token"):
-            modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
-            if modes:
-                raise CheckpointError(f"{directory}: pooling {modes} is not supported (only CLS and mean)")
-    return pooling, normalize
-
-
-def max_seq_length(directory: Path, max_positions: int) -> int:
-    """The checkpoint's declared sequence limit, capped by its position table."""
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
-        value = (read_json(directory / name) or {}).get(key)
-        if isinstance(value, int) and 0 < value < 1_000_000:  # transformers writes 1e30 for "no limit"
-            return min(value, max_positions)
-    return max_positions
