@@ -1,6 +1,7 @@
-"""The notebooks in notebooks/ run from a clean kernel without error, on the real all-MiniLM-L6-v2.
+"""The notebooks in notebooks/ run from a clean kernel without error, on the real all-MiniLM-L6-v2,
+and each committed .ipynb is its jupytext source (notebooks/NN_name.py), built and executed.
 
-Each notebook is read, executed in memory (nothing is written back: the kernel runs in a temporary
+Each notebook is built from its source, executed in memory (nothing is written back: the kernel runs in a temporary
 directory and BGE_REF_FIGURES is unset, so no figure is saved), and any cell error fails the test.
 The notebooks assert their own comparisons against transformers, so a parity break fails here too.
 Needs the `notebooks` extra (matplotlib, nbclient, nbformat, ipykernel) besides `test`.
@@ -15,9 +16,20 @@ from nbclient import NotebookClient
 
 from tests.checkpoints import minilm_dir
 
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def build_module():
+    """notebooks/build.py, imported from its file (notebooks/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOK_DIR / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes well under a minute on MiniLM
 
 
@@ -40,7 +52,21 @@ def test_committed_notebook_has_outputs(path):
     assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs), f"{path.name}: no figure"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_a_source():
+    assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_matches_its_source(source):
+    """Edit the .py, then rebuild with notebooks/build.py: the .ipynb must not drift from it."""
+    built = build_module().notebook(source)
+    committed = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    cells = lambda nb: [(c.cell_type, c.source) for c in nb.cells]  # noqa: E731
+    assert cells(committed) == cells(built), f"{source.with_suffix('.ipynb').name} drifted from {source.name}; " \
+        "run notebooks/build.py"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("BGE_REF_MODEL", str(minilm_dir()))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -49,10 +75,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.delenv("BGE_REF_FIGURES", raising=False)
     # the kernel must import this checkout's bge_ref, not whichever copy is pip-installed
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:  # start from nothing: the committed outputs must not be what we check
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    nb = build_module().notebook(path)  # from the source: no committed output is what we check
     start = time.perf_counter()
     NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises CellExecutionError
