@@ -171,7 +171,7 @@ def main():
     table = render(rows, goals, args.texts_per_request)
     print(table)
     if args.write_readme:
-        write_readme(table)
+        write_region("serve", table)
 
 
 def render(rows, goals, per_request) -> str:
@@ -199,15 +199,15 @@ def render(rows, goals, per_request) -> str:
     ])
 
 
-def write_readme(table: str):
-    """Replace only the text between the serve markers, re-reading README just before writing."""
+def write_region(name: str, table: str):
+    """Replace only the text between README's markers of region `name`, re-reading it just before writing."""
     readme = ROOT / "README.md"
     text = readme.read_text()
-    pat = re.compile(r"(<!-- BEGIN serve[^>]*-->\n).*?(<!-- END serve -->)", re.S)
+    pat = re.compile(rf"(<!-- BEGIN {name}[^>]*-->\n).*?(<!-- END {name} -->)", re.S)
     if not pat.search(text):
-        raise SystemExit("README.md has no serve markers")
+        raise SystemExit(f"README.md has no {name} markers")
     readme.write_text(pat.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text, count=1))
-    print("README.md serve region updated", file=sys.stderr)
+    print(f"README.md {name} region updated", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -181,8 +181,9 @@ class Worker(threading.Thread):
         waiting: list[Row] = []   # rows for the next round
         current: list[Row] = []   # this round's rows, shortest first
         while True:
+            items = []
             try:  # block only when there is nothing to compute
-                items = [self.inbox.get(block=not (waiting or current))]
+                items.append(self.inbox.get(block=not (waiting or current)))
                 while True:
                     items.append(self.inbox.get_nowait())
             except queue.Empty:

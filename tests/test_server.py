@@ -205,6 +205,11 @@ def openai_error(r, status):
 BIG = b'{"text": "' + b"x" * 2_000_001 + b'"}'
 
 
+def short(value) -> str:
+    """Test ids without the 2 MB body in them."""
+    return "2MB-body" if value is BIG else repr(value)[:40]
+
+
 @pytest.mark.parametrize("path, body, key, status, message", [
     (RUN + HOSTED, b"{not json", KEY, 400, "not valid JSON"),
     (RUN + HOSTED, {"text": 5}, KEY, 400, "inputs.text must be a str or a list of str"),
@@ -221,7 +226,7 @@ BIG = b'{"text": "' + b"x" * 2_000_001 + b'"}'
     (RUN + "@cf/unknown", b"{not json", KEY, 404, "no such model"),       # 404 before 400
     ("/nowhere", {}, KEY, 404, "no route /nowhere"),
     ("/nowhere", {}, None, 401, "missing or wrong"),  # no route is revealed without the key either
-])
+], ids=short)
 def test_run_errors(srv, path, body, key, status, message):
     assert message in run_error(srv.post(path, body, key=key), status)
 
@@ -242,7 +247,7 @@ def test_run_errors(srv, path, body, key, status, message):
     ({"input": "a"}, None, 401, None, "invalid_api_key", "missing or wrong API key"),
     ({"input": "a", "model": "gpt"}, "wrong", 401, None, "invalid_api_key", "missing or wrong"),  # 401 first
     (BIG, "wrong", 413, None, "payload_too_large", "the limit is 2000000"),  # 413 first
-])
+], ids=short)
 def test_openai_errors(srv, body, key, status, param, code, message):
     err = openai_error(srv.post("/v1/embeddings", body, key=key), status)
     assert message in err["message"] and err["param"] == param and err["code"] == code
@@ -346,6 +351,7 @@ def test_load_24_clients(srv, minilm):
             except Exception as e:  # noqa: BLE001 - collected and reported below
                 failures.append(f"client {seed} request {n}: {e!r}")
 
+    embedded0 = srv.metrics()[("bge_ref_texts_embedded_total", ())]
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(24)]
     for t in threads:
         t.start()
@@ -353,6 +359,7 @@ def test_load_24_clients(srv, minilm):
         t.join(300)
     assert not failures, failures[:3]
     assert len(answered) == 24 * 4
+    assert srv.metrics()[("bge_ref_texts_embedded_total", ())] == embedded0 + sum(answered)  # each computed once
 
 
 def test_env_key_default_names_and_no_truncate(small, minilm):
