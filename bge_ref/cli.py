@@ -1,4 +1,4 @@
-"""Command line: `bge-ref embed`, `bge-ref info` (and `bge-ref verify`, see verify.py).
+"""Command line: `bge-ref embed`, `bge-ref info`, `bge-ref serve` (and `bge-ref verify`, see verify.py).
 
 One convention for every subcommand: output on stdout; an error is one line on stderr,
 `bge-ref: error: <message naming the text, line, field or file>`, and exit status 2 (as argparse
@@ -65,6 +65,39 @@ def _info(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .embedder import load
+    from .server import Settings, serve, served_names  # a BgeRefError naming the serve extra if it is missing
+    for flag in ("max_batch_tokens", "max_concurrent_requests", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    model = load(args.model, dtype=args.dtype, weights_dtype=args.weights_dtype)
+    settings = Settings(served=args.served_model_name or served_names(args.model, model.name),
+                        api_key=args.api_key or os.environ.get("BGE_REF_API_KEY") or None,
+                        max_batch_tokens=args.max_batch_tokens, max_concurrent_requests=args.max_concurrent_requests,
+                        max_body_bytes=args.max_body_bytes, truncate=not args.no_truncate)
+    return serve(model, settings, args.host, args.port)
+
+
+def _add_serve(sub):
+    s = sub.add_parser("serve", help="serve the hosted API's REST route and OpenAI's /v1/embeddings over HTTP")
+    s.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                                     "(default $BGE_REF_API_KEY; none: no key)")
+    s.add_argument("--served-model-name", action="append", metavar="NAME",
+                   help="a model name clients may ask for (repeatable; replaces the default: the hub id or "
+                        "directory name, plus @cf/baai/bge-large-en-v1.5 for BAAI/bge-large-en-v1.5)")
+    s.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens (batch x longest) per batch")
+    s.add_argument("--max-concurrent-requests", type=int, default=512, help="in flight; past it, 429 at once")
+    s.add_argument("--max-body-bytes", type=int, default=2_000_000, help="larger bodies get 413 before parsing")
+    s.add_argument("--no-truncate", action="store_true", help="a text over the max length is a 400, not truncated")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype, as load()")
+    s.add_argument("--weights-dtype", choices=["float16", "float32", "float64"], help="weight storage, as load()")
+    s.set_defaults(func=_serve)
+
+
 def main(argv=None) -> int:
     from . import __version__
     p = argparse.ArgumentParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
@@ -83,6 +116,7 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="print the resolved config, pooling and max length")
     i.add_argument("--model")
     i.set_defaults(func=_info)
+    _add_serve(sub)
     try:
         from .verify import add_parser as add_verify
     except ImportError:

@@ -1,9 +1,9 @@
-"""The public API: load a checkpoint, turn texts into embeddings, serve the hosted API's schema."""
+"""The public API: load a checkpoint, turn texts into embeddings (the hosted APIs' schemas are in api.py)."""
 from __future__ import annotations
 
 import numpy as np
 
-from . import hub, st_config
+from . import api, hub, st_config
 from .checkpoint import load_params
 from .config import BertConfig
 from .errors import CheckpointError, InputError
@@ -12,7 +12,6 @@ from .tokenizer import Tokenizer
 
 QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 POOLINGS = ("cls", "mean")
-API_MAX_TEXTS = 100  # the hosted API's limit on strings per request
 TOKENIZE_CHUNK = 2048  # texts tokenized (and length-sorted) together by encode()
 
 
@@ -54,23 +53,7 @@ def l2_normalize(v):
 
 def _as_texts(texts, what="texts") -> tuple[list[str], bool]:
     """Check the texts argument: (list of str, whether a single str was given)."""
-    if isinstance(texts, str):
-        items, single = [texts], True
-    elif isinstance(texts, (list, tuple)):
-        items, single = list(texts), False
-    elif isinstance(texts, np.ndarray) and texts.ndim == 1 and texts.dtype.kind == "U":
-        items, single = texts.tolist(), False
-    else:
-        raise InputError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            hint = " (decode bytes to str first)" if isinstance(t, (bytes, bytearray)) else ""
-            raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a str{hint}")
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise InputError(f"{what}[{i}] is not valid Unicode: {e.reason} at character {e.start}") from None
-    return items, single
+    return api.as_texts(texts, what), isinstance(texts, str)
 
 
 class Embedder:
@@ -196,62 +179,14 @@ class Embedder:
         kw.setdefault("prompt", QUERY_INSTRUCTION)
         return self.encode(texts, **kw)
 
-    # -- the hosted API ----------------------------------------------------------------------------
+    # -- the hosted APIs (schemas in api.py) ------------------------------------------------------
     def run(self, inputs: dict) -> dict:
         """The hosted API: {"text": str | [str], "pooling": "mean" | "cls"} ->
         {"shape": [n, D], "data": [[...]], "pooling": ...}; {"requests": [...]} -> {"responses": [...]}.
         pooling defaults to "mean" as that API documents; vectors are L2-normalized."""
-        if not isinstance(inputs, dict):
-            raise InputError(f"inputs must be a JSON object (dict), got {type(inputs).__name__}")
-        if "requests" in inputs:
-            if set(inputs) != {"requests"}:
-                raise InputError(f"'requests' cannot be combined with {sorted(set(inputs) - {'requests'})}")
-            reqs = inputs["requests"]
-            if not isinstance(reqs, list) or not reqs:
-                raise InputError("'requests' must be a non-empty list of {\"text\": ...} objects")
-            for i, r in enumerate(reqs):
-                self._check_request(r, f"requests[{i}]")
-            return {"responses": [self._run_one(r) for r in reqs]}
-        self._check_request(inputs, "inputs")
-        return self._run_one(inputs)
-
-    def _check_request(self, r, where):
-        if not isinstance(r, dict):
-            raise InputError(f"{where} must be an object, got {type(r).__name__}")
-        unknown = sorted(set(r) - {"text", "pooling"})
-        if unknown:
-            raise InputError(f"{where}: unknown field(s) {unknown}; allowed: 'text', 'pooling'")
-        if "text" not in r:
-            raise InputError(f"{where}: 'text' is required")
-        texts, _ = _as_texts(r["text"], f"{where}.text")
-        if not texts or len(texts) > API_MAX_TEXTS:
-            raise InputError(f"{where}.text: between 1 and {API_MAX_TEXTS} strings allowed, got {len(texts)}")
-        for i, t in enumerate(texts):
-            if len(t) < 1:
-                raise InputError(f"{where}.text[{i}]: empty string; each text needs at least 1 character")
-        if r.get("pooling", "mean") not in POOLINGS:
-            raise InputError(f"{where}.pooling must be 'mean' or 'cls', got {r['pooling']!r}")
-
-    def _run_one(self, r):
-        pooling = r.get("pooling", "mean")
-        vectors = self.encode(list(r["text"]) if isinstance(r["text"], list) else [r["text"]],
-                              pooling=pooling, normalize=True)
-        return {"shape": list(vectors.shape), "data": vectors.tolist(), "pooling": pooling}
+        return api.run(self, inputs)
 
     def openai_embeddings(self, body: dict) -> dict:
-        """The OpenAI-compatible /v1/embeddings: {"input": str | [str], "model": ...} -> {"data": [...]}."""
-        if not isinstance(body, dict) or "input" not in body:
-            raise InputError("body must be an object with an 'input' field")
-        unknown = sorted(set(body) - {"input", "model", "encoding_format", "user"})
-        if unknown:
-            raise InputError(f"unknown field(s) {unknown}; allowed: 'input', 'model', 'encoding_format', 'user'")
-        if body.get("encoding_format", "float") != "float":
-            raise InputError(f"encoding_format {body['encoding_format']!r} is not supported; use 'float'")
-        texts, _ = _as_texts(body["input"], "input")
-        if not texts:
-            raise InputError("input: give at least one string")
-        vectors = self.encode(texts, normalize=True)
-        tokens = sum(min(n, self.max_length) for n in self.count_tokens(texts))
-        return {"object": "list", "model": body.get("model", self.name),
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        """The OpenAI-compatible /v1/embeddings: {"input": str | [str] | [int] | [[int]], "model": ...,
+        "encoding_format": "float" | "base64", "dimensions": D} -> {"data": [...], "usage": ...}."""
+        return api.openai_embeddings(self, body)

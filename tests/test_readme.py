@@ -2,8 +2,9 @@
 
 Blocks run in order in one fresh interpreter per block, in a temporary directory, with
 $BGE_REF_MODEL pointing at the real all-MiniLM-L6-v2 (the README's default, bge-large-en-v1.5, is
-not reachable offline). A block whose first line is `# needs: <what>` runs only with that setup, which
-this test provides (see SETUPS); an unknown need fails the test.
+not reachable offline). A block that calls a server at http://localhost:8080 runs against a real
+`bge-ref serve` of MiniLM on a free loopback port (only the port is changed), with the API token
+variables the examples read set to its key.
 """
 import json
 import re
@@ -15,9 +16,20 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, subprocess_env
+from tests.test_server import HOSTED, KEY, Served
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+SERVER = "http://localhost:8080"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, minilm_path):
+    s = Served(tmp_path_factory.mktemp("readme"), minilm_path, "--api-key", KEY, "--served-model-name", HOSTED)
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 def test_readme_has_examples():
@@ -25,12 +37,14 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_python_block_runs_as_pasted(index, minilm_path, tmp_path):
-    code = BLOCKS[index]
-    need = re.match(r"# needs: (.+)\n", code)
-    assert need is None, f"README block {index} needs {need.group(1)!r}, which this test does not provide"
+def test_python_block_runs_as_pasted(index, minilm_path, tmp_path, request):
+    code, env = BLOCKS[index], {"BGE_REF_MODEL": minilm_path}
+    if SERVER in code:
+        srv = request.getfixturevalue("served")
+        code = code.replace(SERVER, srv.base)
+        env.update(CLOUDFLARE_API_TOKEN=KEY, CLOUDFLARE_AUTH_TOKEN=KEY)
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env=subprocess_env(BGE_REF_MODEL=minilm_path))
+                       env=subprocess_env(**env))
     assert r.returncode == 0, f"README python block {index} failed:\n{code}\n{r.stderr[-3000:]}"
 
 

@@ -1,0 +1,214 @@
+"""`bge-ref serve` under load against offline encode() of the same texts (issue #11).
+
+    python benchmarks/serve_bench.py                 # print the table
+    python benchmarks/serve_bench.py --write-readme  # and replace README's serve region with it
+
+For each model (the real all-MiniLM-L6-v2, and a seeded random checkpoint of bge-large-en-v1.5's exact
+shapes, built once with tests.checkpoints.make_bge_large_random in the benchmark cache directory),
+the corpus texts of benchmarks/bench.py are cut into requests of --texts-per-request texts. 1, 8 and
+32 client threads (in this process) send them to a server process on a free loopback port through
+/v1/embeddings with base64 vectors (what the official openai client asks for), each taking the next
+request until none is left. Throughput counts tokens embedded ([CLS]/[SEP] included, after
+truncation) per second of wall time; latency is per request. Offline is `encode(texts)` (batch_size
+32) of the same texts in this process, with the server idle. Timings on a shared machine are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's bge_ref, whatever is pip-installed
+from benchmarks.bench import cache_dir, corpus  # noqa: E402
+
+CLIENTS = (1, 8, 32)
+GOAL = 0.9  # served throughput at 32 clients, as a share of offline encode()'s
+TEXTS = {"all-MiniLM-L6-v2": 512, "bge-large (random)": 128}
+
+
+def models() -> dict[str, Path]:
+    from tests.checkpoints import make_bge_large_random, minilm_dir
+    large = cache_dir() / "bge-large-random"
+    if not (large / "model.safetensors").is_file():
+        make_bge_large_random(large)
+    return {"all-MiniLM-L6-v2": minilm_dir(), "bge-large (random)": large}
+
+
+def offline(path: Path, texts: list[str]) -> tuple[float, int]:
+    """(seconds, tokens) of encode(texts) after one warm-up batch."""
+    import bge_ref
+    model = bge_ref.load(path)
+    model.encode(texts[:32])
+    t = time.perf_counter()
+    model.encode(texts)
+    seconds = time.perf_counter() - t
+    return seconds, sum(min(n, model.max_length) for n in model.count_tokens(texts))
+
+
+class Server:
+    def __init__(self, path: Path, port: int, extra=()):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "bge_ref", "serve", "--model", str(path),
+                                      "--port", str(port), *extra], env=env, stderr=subprocess.DEVNULL)
+        import requests
+        for _ in range(600):  # 120 s at most
+            try:
+                if requests.get(self.base + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("server did not start")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def served(base: str, reqs: list[list[str]], clients: int, dim: int) -> tuple[float, int, list[float]]:
+    """(wall seconds, tokens, per-request latencies) of `clients` threads sending every request once."""
+    import numpy as np
+    import requests
+    todo, lock = list(range(len(reqs))), threading.Lock()
+    latencies, tokens, errors = [], [0], []
+
+    def client():
+        session = requests.Session()
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop()
+            t = time.perf_counter()
+            r = session.post(base + "/v1/embeddings", json={"input": reqs[i], "encoding_format": "base64"}, timeout=600)
+            body = r.json()
+            vectors = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body.get("data", [])]
+            with lock:
+                latencies.append(time.perf_counter() - t)
+                if r.status_code != 200 or len(vectors) != len(reqs[i]) or vectors[0].shape != (dim,):
+                    errors.append(f"{r.status_code}: {str(body)[:200]}")
+                else:
+                    tokens[0] += body["usage"]["total_tokens"]
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(900)
+    wall = time.perf_counter() - t
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed, first: {errors[0]}")
+    return wall, tokens[0], latencies
+
+
+def percentile(values, q) -> float:
+    import numpy as np
+    return float(np.percentile(values, q))
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_model(name: str, path: Path, per_request: int) -> tuple[list[str], float]:
+    import bge_ref
+    texts = corpus(TEXTS[name])
+    reqs = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
+    dim = bge_ref.load(path).config.hidden_size
+    seconds, tokens = offline(path, texts)
+    base_rate = tokens / seconds
+    rows = [f"| {name} | offline `encode()` | - | {len(texts) / seconds:,.1f} | {base_rate:,.0f} | 1.00x | - | - |"]
+    print(rows[0], file=sys.stderr)
+    server = Server(path, free_port())
+    ratio32 = 0.0
+    try:
+        served(server.base, reqs[:2], 2, dim)  # warm-up
+        for c in CLIENTS:
+            wall, served_tokens, lat = served(server.base, reqs, c, dim)
+            rate = served_tokens / wall
+            ratio32 = rate / base_rate if c == 32 else ratio32
+            rows.append(f"| {name} | {c} client{'s' if c > 1 else ''} | {len(reqs)} x {per_request} texts | "
+                        f"{len(texts) / wall:,.1f} | {rate:,.0f} | {rate / base_rate:.2f}x | "
+                        f"{percentile(lat, 50) * 1e3:,.0f} | {percentile(lat, 99) * 1e3:,.0f} |")
+            print(rows[-1], file=sys.stderr)
+    finally:
+        server.stop()
+    return rows, ratio32
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--texts-per-request", type=int, default=4)
+    p.add_argument("--models", nargs="*", default=list(TEXTS), choices=list(TEXTS))
+    args = p.parse_args()
+    paths = models()
+    rows, goals = [], []
+    for name in args.models:
+        r, ratio = bench_model(name, paths[name], args.texts_per_request)
+        rows += r
+        goals.append(f"| {name}: served throughput at 32 clients vs offline encode() | >= {GOAL}x | {ratio:.2f}x | "
+                     f"{'yes' if ratio >= GOAL else '**no**'} |")
+    table = render(rows, goals, args.texts_per_request)
+    print(table)
+    if args.write_readme:
+        write_region("serve", table)
+
+
+def render(rows, goals, per_request) -> str:
+    import numpy as np
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        f"Measured {when} with `python benchmarks/serve_bench.py --write-readme` on: {cpu}, "
+        f"{os.cpu_count()} cores visible; Python {platform.python_version()}, NumPy {np.__version__}. "
+        "Server and clients share the machine; on a shared machine absolute figures are noisy.",
+        "",
+        f"Texts: the corpus of benchmarks/bench.py (3 to 250 words), {per_request} per request, sent to "
+        "`/v1/embeddings` (base64, as the openai client asks) by 1, 8 or 32 client threads over keep-alive "
+        "connections; tokens count [CLS]/[SEP] after truncation. Offline: `encode()` of the same texts "
+        "(batch_size 32) in one process.",
+        "",
+        "| model | mode | requests | texts/s | tokens/s | vs offline | p50 ms | p99 ms |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        "| goal (issue #11) | target | this run | met |",
+        "| --- | --- | --- | --- |",
+        *goals,
+    ])
+
+
+def write_region(name: str, table: str):
+    """Replace only the text between README's markers of region `name`, re-reading it just before writing."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    pat = re.compile(rf"(<!-- BEGIN {name}[^>]*-->\n).*?(<!-- END {name} -->)", re.S)
+    if not pat.search(text):
+        raise SystemExit(f"README.md has no {name} markers")
+    readme.write_text(pat.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text, count=1))
+    print(f"README.md {name} region updated", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
