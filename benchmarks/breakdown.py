@@ -3,7 +3,7 @@
     python benchmarks/breakdown.py                 # print the table
     python benchmarks/breakdown.py --write-readme  # and replace README's profile region with it
 
-Each block function of bge_ref.model is timed (inclusive, all layers), the matmuls are timed alone at
+Each block function of bge_ref.fast (the default forward) is timed (inclusive, all layers), the matmuls are timed alone at
 the same shapes, and transformers' forward and its matmuls alone are timed the same way. The last
 line is the ceiling: bge_ref's speed against transformers if everything but the matmuls cost nothing.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import bge_ref  # noqa: E402  (first: it sets OpenBLAS's idle-thread timeout before NumPy loads)
-import bge_ref.model as M  # noqa: E402
+import bge_ref.fast as M  # noqa: E402  (the default forward path, whose blocks are timed)
 import numpy as np  # noqa: E402
 from bench import THREADS, machine, models  # noqa: E402
 
@@ -80,7 +80,8 @@ def profile(path, B=8, S=128, repeat=5):
     N, D = B * S, model.config.hidden_size
     x, h = rng.standard_normal((N, D), np.float32), rng.standard_normal((N, model.config.intermediate_size), np.float32)
     ours_mm = len(L) * sum(best(lambda a=a, w=w: a @ w, repeat) for a, w in
-                           ((x, L[0]["qkv_w"]), (x, L[0]["attn_out_w"]), (x, L[0]["inter_w"]), (h, L[0]["out_w"])))
+                           ((x, L[0]["attn"]["qkv"]["w"]), (x, L[0]["attn_out"]["dense"]["w"]),
+                            (x, L[0]["inter"]["dense"]["w"]), (h, L[0]["out"]["dense"]["w"])))
     hf = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
     t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
     with torch.inference_mode():

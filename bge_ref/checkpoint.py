@@ -3,8 +3,10 @@
 All weight-name mapping and every transpose live here, in `_embedding_table` and `_layer_table`.
 torch's nn.Linear stores weight as (out, in); model.py wants (in, out) so that it can do `x @ w + b`.
 `.T` of a memory-mapped array is a view, so the transposes copy nothing. Q, K and V are fused into
-one (D, 3D) matrix so attention does one matmul instead of three; that fusion is the only copy
-float32 loading makes.
+one (D, 3D) matrix so attention does one matmul instead of three (as picoGPT's c_attn; model.py
+splits the result in three); that fusion is the only copy float32 loading makes. The parameters
+come out nested per block, {"w", "b"} for a linear layer and {"g", "b"} for a LayerNorm (the layout
+is drawn at the top of model.py).
 
 safetensors is parsed here directly (an 8-byte little-endian header length, a JSON header of
 {name: {dtype, shape, data_offsets}}, then the raw bytes) because memory-mapping needs the offsets,
@@ -80,32 +82,46 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
 
 
 def _embedding_table(c: BertConfig):
-    """bge_ref name -> (HF name, HF shape) for BertEmbeddings."""
+    """bge_ref parameter path -> (HF name, HF shape) for BertEmbeddings."""
     D = c.hidden_size
     return {
         "word": ("embeddings.word_embeddings.weight", (c.vocab_size, D)),
         "position": ("embeddings.position_embeddings.weight", (c.max_position_embeddings, D)),
         "token_type": ("embeddings.token_type_embeddings.weight", (c.type_vocab_size, D)),
-        "ln_g": ("embeddings.LayerNorm.weight", (D,)),
-        "ln_b": ("embeddings.LayerNorm.bias", (D,)),
+        "ln.g": ("embeddings.LayerNorm.weight", (D,)),
+        "ln.b": ("embeddings.LayerNorm.bias", (D,)),
     }
 
 
 def _layer_table(c: BertConfig, i: int):
-    """bge_ref name -> (HF name, HF shape) for encoder layer i. 2-D weights are transposed on load."""
+    """bge_ref parameter path -> (HF name, HF shape) for encoder layer i. 2-D weights are transposed
+    on load; q, k and v are fused into attn.qkv afterwards."""
     D, F, p = c.hidden_size, c.intermediate_size, f"encoder.layer.{i}."
     return {
-        "q_w": (p + "attention.self.query.weight", (D, D)), "q_b": (p + "attention.self.query.bias", (D,)),
-        "k_w": (p + "attention.self.key.weight", (D, D)), "k_b": (p + "attention.self.key.bias", (D,)),
-        "v_w": (p + "attention.self.value.weight", (D, D)), "v_b": (p + "attention.self.value.bias", (D,)),
-        "attn_out_w": (p + "attention.output.dense.weight", (D, D)),
-        "attn_out_b": (p + "attention.output.dense.bias", (D,)),
-        "attn_ln_g": (p + "attention.output.LayerNorm.weight", (D,)),
-        "attn_ln_b": (p + "attention.output.LayerNorm.bias", (D,)),
-        "inter_w": (p + "intermediate.dense.weight", (F, D)), "inter_b": (p + "intermediate.dense.bias", (F,)),
-        "out_w": (p + "output.dense.weight", (D, F)), "out_b": (p + "output.dense.bias", (D,)),
-        "out_ln_g": (p + "output.LayerNorm.weight", (D,)), "out_ln_b": (p + "output.LayerNorm.bias", (D,)),
+        "q.w": (p + "attention.self.query.weight", (D, D)), "q.b": (p + "attention.self.query.bias", (D,)),
+        "k.w": (p + "attention.self.key.weight", (D, D)), "k.b": (p + "attention.self.key.bias", (D,)),
+        "v.w": (p + "attention.self.value.weight", (D, D)), "v.b": (p + "attention.self.value.bias", (D,)),
+        "attn_out.dense.w": (p + "attention.output.dense.weight", (D, D)),
+        "attn_out.dense.b": (p + "attention.output.dense.bias", (D,)),
+        "attn_out.ln.g": (p + "attention.output.LayerNorm.weight", (D,)),
+        "attn_out.ln.b": (p + "attention.output.LayerNorm.bias", (D,)),
+        "inter.dense.w": (p + "intermediate.dense.weight", (F, D)),
+        "inter.dense.b": (p + "intermediate.dense.bias", (F,)),
+        "out.dense.w": (p + "output.dense.weight", (D, F)), "out.dense.b": (p + "output.dense.bias", (D,)),
+        "out.ln.g": (p + "output.LayerNorm.weight", (D,)), "out.ln.b": (p + "output.LayerNorm.bias", (D,)),
     }
+
+
+def _nest(flat: dict) -> dict:
+    """{"a.b.c": v} -> {"a": {"b": {"c": v}}}: the nested parameter dicts model.py takes with **."""
+    out = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split(".")
+        d = out
+        for key in parents:
+            d = d.setdefault(key, {})
+        d[leaf] = v
+    return out
 
 
 def _hf_name(key: str) -> str:
@@ -136,7 +152,8 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_
     """Load model.safetensors into {"embeddings": {...}, "layers": [{...}] * L}, checked and transposed.
 
     weights_dtype="float16" stores the matrices (not biases, LayerNorms or the word table) as float16
-    copies, half the memory; model.py widens each to the compute dtype just before its matmul.
+    copies, half the memory; each is widened to the compute dtype at its matmul (fast.py: one matrix
+    at a time, just before it; model.py: by NumPy's type promotion).
     """
     path = Path(path)
     dtype = np.dtype(dtype)
@@ -175,17 +192,14 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_
 
     def layer(table):
         t = {name: get(hf, shape) for name, (hf, shape) in table.items()}
-        q, k, v = t.pop("q_w"), t.pop("k_w"), t.pop("v_w")
-        fused = {
-            "qkv_w": np.concatenate([q, k, v], axis=1),  # (D, 3D)
-            "qkv_b": np.concatenate([t.pop("q_b"), t.pop("k_b"), t.pop("v_b")]),          # (3D,)
-            **t,
-        }
+        q, k, v = t.pop("q.w"), t.pop("k.w"), t.pop("v.w")
+        t["attn.qkv.w"] = np.concatenate([q, k, v], axis=1)                               # (D, 3D)
+        t["attn.qkv.b"] = np.concatenate([t.pop("q.b"), t.pop("k.b"), t.pop("v.b")])     # (3D,)
         for w in (q, k, v):
             _release_mapped_pages(w)                    # the fused copy is the only one kept resident
-        return fused
+        return _nest(t)
 
-    emb = {name: get(hf, shape) for name, (hf, shape) in tables[0].items()}
+    emb = _nest({name: get(hf, shape) for name, (hf, shape) in tables[0].items()})
     # Reading every weight page (the NaN check) and the QKV copies are most of a load, so layers are
     # loaded on all cores (bge-large size, best of 6: 0.39 s -> 0.25 s). A bad tensor still raises
     # the first error in layer order.

@@ -3,26 +3,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import api, hub, st_config
+from . import api, fast, hub, st_config
+from . import model as reference
 from .checkpoint import load_params
 from .config import BertConfig
 from .errors import CheckpointError, InputError
-from .model import bert
 from .tokenizer import Tokenizer
 
 QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 POOLINGS = ("cls", "mean")
 TOKENIZE_CHUNK = 2048  # texts tokenized (and length-sorted) together by encode()
+FORWARDS = {"fast": fast.bert, "reference": reference.bert}  # two forward paths, one function (tests/test_fast.py)
 
 
-def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "Embedder":
+def _check_forward(forward):
+    if not isinstance(forward, str) or forward not in FORWARDS:
+        raise InputError(f"forward must be one of {tuple(FORWARDS)}, got {forward!r}")
+    return forward
+
+
+def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forward="fast") -> "Embedder":
     """Load a BERT embedding checkpoint: a local directory or a hub repo id.
 
     `model` defaults to $BGE_REF_MODEL, else BAAI/bge-large-en-v1.5. `dtype` is the compute dtype:
     "float32" (default) or "float64" (every operation in float64: the oracle for verification).
     `weights_dtype="float16"` stores the weight matrices in float16 (about half the memory) while
-    still computing in float32; None (default) stores them in `dtype`.
+    still computing in float32; None (default) stores them in `dtype`. `forward` picks the forward
+    pass: "fast" (default, bge_ref/fast.py) or "reference" (the textbook bge_ref/model.py).
     """
+    _check_forward(forward)
     if str(dtype) not in ("float32", "float64"):
         raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     allowed = (str(dtype), "float16") if str(dtype) == "float32" else (str(dtype),)
@@ -43,7 +52,8 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "
                               f"word embedding has {config.vocab_size} rows; tokenizer and weights do not match")
     pooling, normalize = st_config.sentence_transformers_defaults(directory)
     params = load_params(weights, config, np.dtype(str(dtype)), weights_dtype)
-    return Embedder(config, params, tokenizer, pooling=pooling, normalize=normalize, name=str(directory))
+    return Embedder(config, params, tokenizer, pooling=pooling, normalize=normalize, name=str(directory),
+                    forward=forward)
 
 
 def l2_normalize(v):
@@ -60,8 +70,9 @@ class Embedder:
     """A loaded checkpoint. Create it with `bge_ref.load`."""
 
     def __init__(self, config: BertConfig, params: dict, tokenizer: Tokenizer, *, pooling="cls",
-                 normalize=True, name=""):
+                 normalize=True, name="", forward="fast"):
         self.config, self.params, self.tokenizer = config, params, tokenizer
+        self.forward_path = _check_forward(forward)
         self.pooling, self.normalize, self.name = pooling, normalize, name
         self.dtype = params["embeddings"]["word"].dtype
 
@@ -74,7 +85,7 @@ class Embedder:
         c = self.config
         return (f"Embedder({self.name!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
                 f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}, "
-                f"dtype={self.dtype})")
+                f"dtype={self.dtype}, forward={self.forward_path!r})")
 
     # -- tokens ------------------------------------------------------------------------------------
     def tokenize(self, texts, *, truncate=True) -> dict[str, np.ndarray]:
@@ -110,8 +121,8 @@ class Embedder:
         if not attention_mask[:, 0].all():
             raise InputError("attention_mask: every sequence needs its first token ([CLS]) unmasked; "
                              "bge_ref expects right padding")
-        last, states = bert(input_ids, attention_mask, token_type_ids, self.params, self.config,
-                            output_hidden_states)
+        last, states = FORWARDS[self.forward_path](input_ids, attention_mask, token_type_ids, self.params,
+                                                   self.config, output_hidden_states)
         return (last, states) if output_hidden_states else last
 
     def _ids(self, name, a, upper, like=None):

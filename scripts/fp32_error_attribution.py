@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bge_ref  # noqa: E402
 from bge_ref.erf import gelu  # noqa: E402
-from bge_ref.model import attention, layer_norm  # noqa: E402
+from bge_ref.fast import attention, layer_norm  # noqa: E402  (the ops as the default forward computes them)
 from tests.checkpoints import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert  # noqa: E402
 from bge_ref.verify import run_ours, run_transformers  # noqa: E402
 
@@ -49,10 +49,12 @@ def op_table(params) -> list[str]:
              ("attention", attention(q, k, v, None), (torch.softmax(T(q) @ T(k).transpose(-1, -2) * 0.125, -1) @ T(v)).numpy(),
               attention(*(a.astype(f64) for a in (q, k, v)), None)),
              ("GELU (erf)", gelu(h), F.gelu(T(h)).numpy(), gelu(h.astype(f64)))]
-    gh = gelu(xn @ np.ascontiguousarray(params["inter_w"]))
-    for name, inp in [("qkv_w", xn), ("attn_out_w", xn), ("inter_w", xn), ("out_w", gh)]:
-        w = np.ascontiguousarray(params[name])
-        cases.append((f"matmul {name} (K={w.shape[0]})", inp @ w, (T(inp) @ T(w)).numpy(), inp.astype(f64) @ w.astype(f64)))
+    weight = lambda block, name: np.ascontiguousarray(params[block][name]["w"])
+    gh = gelu(xn @ weight("inter", "dense"))
+    for (block, name), inp in [(("attn", "qkv"), xn), (("attn_out", "dense"), xn), (("inter", "dense"), xn),
+                               (("out", "dense"), gh)]:
+        w = weight(block, name)
+        cases.append((f"matmul {block}.{name} (K={w.shape[0]})", inp @ w, (T(inp) @ T(w)).numpy(), inp.astype(f64) @ w.astype(f64)))
     lines = ["| op | bge_ref rms | torch rms | ratio | bge_ref max | torch max |", "| --- |" + " ---: |" * 5]
     for name, ours, theirs, ref in cases:
         (a, am), (t, tm) = err(ours, ref), err(theirs, ref)

@@ -1,4 +1,7 @@
+import gc
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -6,8 +9,8 @@ import pytest
 import torch
 
 import bge_ref
-from tests.checkpoints import TINY_CONFIG, make_random_bert, minilm_dir
-from bge_ref.verify import DEFAULT_TEXTS
+from tests.checkpoints import BGE_LARGE_TEXTS, TINY_CONFIG, make_bge_large_random, make_random_bert, minilm_dir
+from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, diff_outputs, four_runs, oracle_study, run_ours
 
 torch.set_num_threads(2)
 
@@ -66,3 +69,37 @@ def cosine_rows(a, b):
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
     return (a * b).sum(-1)
+
+
+def reference_vs_fast(directory, batch, dtype, fast_run=None) -> Report:
+    """The reference forward (model.py) against the fast one (fast.py) on one batch, stage by stage,
+    at the parity tolerances of `dtype`. fast_run: the fast path's run_ours output, if already made."""
+    if fast_run is None:
+        fast_run = run_ours(bge_ref.load(directory, dtype=dtype), batch)
+    ref_run = run_ours(bge_ref.load(directory, dtype=dtype, forward="reference"), batch)
+    return Report(f"fast vs reference, {dtype}", diff_outputs(fast_run, ref_run, batch["attention_mask"],
+                                                               TOLERANCES[dtype]), batch["input_ids"].shape)
+
+
+@pytest.fixture(scope="session")
+def bge_large(tmp_path_factory):
+    """Full bge-large-en-v1.5 size, built once per session for test_bge_large.py and test_fast.py:
+    parity and oracle reports of both dtypes on a padded batch holding one 512-token text, and the
+    reference forward against the fast one ("paths", dtype). The 1.34 GB checkpoint and the 2.7 GB
+    float64 copies are freed before the tests run on the stored reports."""
+    directory = tmp_path_factory.mktemp("bge_large")
+    _, hf = make_bge_large_random(directory, seed=0)
+    ln = {n: p.detach().numpy().copy() for n, p in hf.named_parameters() if "LayerNorm" in n}
+    del hf
+    gc.collect()
+    config = json.loads((directory / "config.json").read_text())
+    batch = bge_ref.load(directory).tokenize(BGE_LARGE_TEXTS)
+    runs = four_runs(directory, batch)
+    reports = oracle_study(runs, batch["attention_mask"])
+    for dtype in ("float32", "float64"):
+        reports["paths", dtype] = reference_vs_fast(directory, batch, dtype, fast_run=runs["ours", dtype])
+        gc.collect()
+    del runs
+    gc.collect()
+    shutil.rmtree(directory)
+    return {"config": config, "ln": ln, "batch": batch, "reports": reports}

@@ -27,7 +27,7 @@ def _rewrite(d, fn):
 
 def test_memory_mapped_and_transposed(ckpt):
     m = bge_ref.load(ckpt)
-    w = m.params["layers"][0]["inter_w"]
+    w = m.params["layers"][0]["inter"]["dense"]["w"]
     assert not w.flags.owndata and not w.flags.writeable  # a view of the mapped file
     ref = load_file(ckpt / "model.safetensors")["encoder.layer.0.intermediate.dense.weight"]
     np.testing.assert_array_equal(w, ref.T)

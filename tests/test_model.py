@@ -1,11 +1,12 @@
-"""The NumPy forward pass against transformers' BertModel on a random checkpoint, every hidden state."""
+"""The reference forward pass (model.py) against transformers' BertModel on a random checkpoint, every
+hidden state; the fast path (the default) too. The fast path's own machinery: tests/test_fast.py."""
 import numpy as np
 import pytest
 import torch
 
 import bge_ref
+from bge_ref import fast
 from bge_ref import model as M
-from bge_ref.model import layer_norm, softmax
 
 from .conftest import TEXTS, hf_forward
 
@@ -16,10 +17,11 @@ pytestmark = pytest.mark.blas  # tolerances set by BLAS rounding: CI reruns thes
 TOL = {"float64": 1e-13, "float32": 5e-6}
 
 
+@pytest.mark.parametrize("forward", ["reference", "fast"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_hidden_states_match_transformers(tiny, dtype):
+def test_hidden_states_match_transformers(tiny, dtype, forward):
     directory, hf = tiny
-    model = bge_ref.load(directory, dtype=dtype)
+    model = bge_ref.load(directory, dtype=dtype, forward=forward)
     batch = model.tokenize(TEXTS)
     batch["token_type_ids"][1::2, 3:] = 1  # second segments, as in sentence pairs
     assert (batch["attention_mask"] == 0).any()  # the batch really is padded
@@ -35,93 +37,56 @@ def test_hidden_states_match_transformers(tiny, dtype):
         assert diff <= TOL[dtype], f"hidden state {i}: {diff}"
 
 
-def test_unpadded_batch_skips_mask_and_matches(tiny):
-    directory, hf = tiny
-    model = bge_ref.load(directory, dtype="float64")
-    batch = model.tokenize(["same length text", "same length text"])
-    assert batch["attention_mask"].all()
-    ref = hf_forward(hf, batch, torch.float64)[-1]
-    assert np.abs(model.forward(**batch) - ref).max() <= TOL["float64"]
-
-
-def test_layer_norm_and_softmax_against_torch():
+@pytest.mark.parametrize("layer_norm", [M.layer_norm, fast.layer_norm], ids=["reference", "fast"])
+def test_layer_norm_and_softmax_against_torch(layer_norm):
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, (4, 7, 32))
     g, b = rng.normal(1, 0.1, 32), rng.normal(0, 0.1, 32)
     ref = torch.nn.functional.layer_norm(torch.from_numpy(x), (32,), torch.from_numpy(g), torch.from_numpy(b), 1e-12)
+    x_before = x.copy()
     assert np.abs(layer_norm(x, g, b, 1e-12) - ref.numpy()).max() <= 1e-13
-    s = softmax(x * 30)
+    np.testing.assert_array_equal(x, x_before)            # the input is left as it was
+    s = M.softmax(x * 30)
     np.testing.assert_allclose(s, torch.softmax(torch.from_numpy(x * 30), -1).numpy(), rtol=1e-12, atol=1e-300)
     assert np.allclose(s.sum(-1), 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("logit_scale", [1.0, 40.0])  # 40: scores far beyond exp's range
-@pytest.mark.filterwarnings("error")                    # and no overflow warning escapes
-def test_attention_against_torch_eager(dtype, logit_scale, monkeypatch):
-    """attention() normalizes after @ V, and skips the max shift only while exp stays in range."""
+def test_attention_heads_against_torch_eager(dtype):
+    """split_heads, attention (with the padding mask) and merge_heads against HF's eager attention."""
     rng = np.random.default_rng(1)
-    q, k, v = (rng.standard_normal((3, 4, 9, 16)).astype(dtype) for _ in range(3))
-    q *= logit_scale
-    mask = np.ones((3, 9), int)
+    B, S, H, Dh = 3, 9, 4, 16
+    q, k, v = (rng.standard_normal((B, S, H * Dh)).astype(dtype) for _ in range(3))
+    mask = np.ones((B, S), int)
     mask[1, 5:] = 0                                       # one padded sequence
     bias = M.attention_mask_bias(mask, np.dtype(dtype))
-    tq, tk, tv, tb = (torch.from_numpy(a) for a in (q, k, v, bias))
-    ref = (torch.softmax(tq @ tk.transpose(-1, -2) * 0.25 + tb, -1) @ tv).numpy()  # HF's eager attention
-    calls, plain = [], M.attention
-    monkeypatch.setattr(M, "attention", lambda *a, **kw: calls.append(kw.get("shift", False)) or plain(*a, **kw))
-    out = M.attention(q, k, v, bias)
-    assert calls == ([False] if logit_scale == 1 else [False, True])  # the guard fired only when needed
-    assert np.isfinite(out).all()
-    rel = np.abs(out - ref).max() / np.abs(ref).max()
-    print(f"{dtype} logits x{logit_scale}: max rel diff to torch {rel:.1e}")
-    assert rel <= (1e-14 if dtype == "float64" else 1e-6)
+    out = M.merge_heads(M.attention(*(M.split_heads(t, H) for t in (q, k, v)), bias))
+    tq, tk, tv = (torch.from_numpy(t).view(B, S, H, Dh).transpose(1, 2) for t in (q, k, v))
+    ref = torch.softmax(tq @ tk.transpose(-1, -2) * 0.25 + torch.from_numpy(bias), -1) @ tv
+    ref = ref.transpose(1, 2).reshape(B, S, H * Dh).numpy()
+    assert out.shape == (B, S, H * Dh) and out.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14 if dtype == "float64" else 1e-6)
 
 
 def test_reads_sizes_from_config(tiny):
     model = bge_ref.load(tiny[0])
     c = model.config
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (64, 2, 4, 128)
-    assert model.params["layers"][0]["qkv_w"].shape == (64, 192)
-    assert model.params["layers"][0]["inter_w"].shape == (64, 128)
+    p = model.params["layers"][0]
+    assert p["attn"]["qkv"]["w"].shape == (64, 192) and p["attn"]["qkv"]["b"].shape == (192,)
+    assert p["inter"]["dense"]["w"].shape == (64, 128) and p["out"]["dense"]["w"].shape == (128, 64)
+    assert p["attn_out"]["ln"]["g"].shape == p["out"]["ln"]["b"].shape == (64,)
 
 
-def test_float16_weights_keep_float32_compute_and_cosine(minilm_path):
+@pytest.mark.parametrize("forward", ["reference", "fast"])
+def test_float16_weights_keep_float32_compute_and_cosine(minilm_path, forward):
     from .conftest import cosine_rows
     m32 = bge_ref.load(minilm_path)
-    m16 = bge_ref.load(minilm_path, weights_dtype="float16")
-    assert m16.params["layers"][0]["inter_w"].dtype == np.float16
-    assert m16.params["layers"][0]["inter_b"].dtype == np.float32
+    m16 = bge_ref.load(minilm_path, weights_dtype="float16", forward=forward)
+    assert m16.params["layers"][0]["inter"]["dense"]["w"].dtype == np.float16
+    assert m16.params["layers"][0]["inter"]["dense"]["b"].dtype == np.float32
     e32, e16 = m32.encode(TEXTS), m16.encode(TEXTS)
     assert e16.dtype == np.float32
     cos = cosine_rows(e32, e16)
     print(f"float16 weights: min cosine to float32 {cos.min():.7f}")
     assert cos.min() >= 0.9999
-
-
-def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
-    """The thread pool only splits independent rows and heads: results are bit-identical."""
-    from bge_ref import threads
-    model = bge_ref.load(tiny[0])
-    batch = model.tokenize(TEXTS)
-    threaded = model.forward(**batch)
-    monkeypatch.setattr(threads, "THREADS", 1)
-    np.testing.assert_array_equal(threaded, model.forward(**batch))
-
-
-def test_without_threadpoolctl_attention_blocks_run_in_the_calling_thread(tiny, monkeypatch):
-    """threadpoolctl is optional at runtime: without it BLAS keeps its threads, so the attention
-    blocks run one after the other in the caller's thread, never concurrently on the pool."""
-    import threading
-
-    from bge_ref import threads
-    model = bge_ref.load(tiny[0])
-    batch = model.tokenize(TEXTS)
-    with_ctl = model.forward(**batch)
-    monkeypatch.setattr(threads, "_blas_controller", False)  # what blas_single_threaded caches on ImportError
-    assert threads.blas_single_threaded() is None
-    monkeypatch.setattr(M, "SCORES_BLOCK_BYTES", 1)      # one sequence per block: several blocks
-    ran_in, plain = set(), M.attention
-    monkeypatch.setattr(M, "attention", lambda *a, **kw: ran_in.add(threading.current_thread()) or plain(*a, **kw))
-    np.testing.assert_allclose(model.forward(**batch), with_ctl, rtol=0, atol=1e-6)
-    assert ran_in == {threading.current_thread()}

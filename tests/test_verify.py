@@ -53,7 +53,8 @@ def test_diff_stage_locates_the_worst_real_element():
 def test_a_wrong_layer_is_localized(minilm_path, hf_minilm):
     # A bias error in layer 3's output LayerNorm: layers 1-2 pass, layer 3 on fail.
     model = bge_ref.load(minilm_path)
-    model.params["layers"][2]["out_ln_b"] = model.params["layers"][2]["out_ln_b"] + np.float32(1e-3)
+    ln = model.params["layers"][2]["out"]["ln"]
+    ln["b"] = ln["b"] + np.float32(1e-3)
     report = compare(model, TEXTS, "float32", hf_model=hf_minilm)
     failing = [r.stage for r in report.rows if not r.ok]
     assert not report.ok and failing[0] == "layer 3" and "layer 2" not in failing

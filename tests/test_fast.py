@@ -1,0 +1,112 @@
+"""The fast forward path (fast.py) against the reference (model.py): the same function, within 1e-13 in
+float64 and the float32 parity tolerances, on the tiny model, MiniLM and bge-large size; then the fast
+path's own machinery (the skipped softmax shift, the thread pool, the optional threadpoolctl)."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import bge_ref
+from bge_ref import fast, threads
+from bge_ref.errors import InputError
+from bge_ref.model import attention_mask_bias
+
+from .conftest import TEXTS, hf_forward, reference_vs_fast
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiny_fast_matches_reference(tiny, dtype):
+    model = bge_ref.load(tiny[0], dtype=dtype)
+    batch = model.tokenize(TEXTS)
+    batch["token_type_ids"][1::2, 3:] = 1                 # second segments, as in sentence pairs
+    assert (batch["attention_mask"] == 0).any()
+    report = reference_vs_fast(tiny[0], batch, dtype)
+    print(report.table())
+    assert report.ok, report.table()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_minilm_fast_matches_reference_on_a_padded_batch(minilm_path, dtype):
+    batch = bge_ref.load(minilm_path).tokenize(TEXTS + ["a longer text " * 40])
+    assert (batch["attention_mask"] == 0).any() and batch["input_ids"].shape[1] > 100
+    report = reference_vs_fast(minilm_path, batch, dtype)
+    print(report.table())
+    assert report.ok, report.table()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bge_large_fast_matches_reference_with_a_512_token_text(bge_large, dtype):
+    report = bge_large["reports"]["paths", dtype]       # computed in the session fixture (tests/conftest.py)
+    print(report.table())
+    assert report.shape == (2, 512) and len(report.rows) == 25 + 1 + 2
+    assert report.ok, report.table()
+
+
+def test_forward_keyword_selects_the_path(tiny):
+    assert bge_ref.load(tiny[0]).forward_path == "fast"
+    assert bge_ref.load(tiny[0], forward="reference").forward_path == "reference"
+    for bad in ("slow", "Fast", None):
+        with pytest.raises(InputError, match=r"forward must be one of \('fast', 'reference'\)"):
+            bge_ref.load(tiny[0], forward=bad)
+
+
+def test_unpadded_batch_skips_mask_and_matches(tiny):
+    directory, hf = tiny
+    model = bge_ref.load(directory, dtype="float64")
+    batch = model.tokenize(["same length text", "same length text"])
+    assert batch["attention_mask"].all()
+    ref = hf_forward(hf, batch, torch.float64)[-1]
+    assert np.abs(model.forward(**batch) - ref).max() <= 1e-13
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("logit_scale", [1.0, 40.0])  # 40: scores far beyond exp's range
+@pytest.mark.filterwarnings("error")                    # and no overflow warning escapes
+def test_attention_against_torch_eager(dtype, logit_scale, monkeypatch):
+    """attention() normalizes after @ V, and skips the max shift only while exp stays in range."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((3, 4, 9, 16)).astype(dtype) for _ in range(3))
+    q *= logit_scale
+    mask = np.ones((3, 9), int)
+    mask[1, 5:] = 0                                       # one padded sequence
+    bias = attention_mask_bias(mask, np.dtype(dtype))
+    bias64 = attention_mask_bias(mask, np.dtype("float64"))
+    q64, k64, v64, tb = (torch.from_numpy(a.astype(np.float64)) for a in (q, k, v, bias64))
+    scores = q64 @ k64.transpose(-1, -2) * 0.25
+    ref = (torch.softmax(scores + tb, -1) @ v64).numpy()  # HF's eager attention, in float64 on the same inputs
+    calls, plain = [], fast.attention
+    monkeypatch.setattr(fast, "attention", lambda *a, **kw: calls.append(kw.get("shift", False)) or plain(*a, **kw))
+    out = fast.attention(q, k, v, bias)
+    assert calls == ([False] if logit_scale == 1 else [False, True])  # the guard fired only when needed
+    assert np.isfinite(out).all() and out.dtype == np.dtype(dtype)
+    rel = np.abs(out - ref).max() / np.abs(ref).max()
+    # A score s rounded to the dtype moves exp(s) by |s| ulp(1) relative: a couple of roundings of the
+    # largest score (|s| 3.7 at x1, 146 at x40) is the dtype's own limit (torch float32: 1.2e-7, 6.1e-7).
+    bound = 2 * np.finfo(dtype).eps * max(1.0, float(scores.abs().max()))
+    print(f"{dtype} logits x{logit_scale}: max rel error {rel:.1e} (bound {bound:.1e})")
+    assert rel <= bound
+
+
+def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
+    """The thread pool only splits independent rows and heads: results are bit-identical."""
+    model = bge_ref.load(tiny[0])
+    batch = model.tokenize(TEXTS)
+    threaded = model.forward(**batch)
+    monkeypatch.setattr(threads, "THREADS", 1)
+    np.testing.assert_array_equal(threaded, model.forward(**batch))
+
+
+def test_without_threadpoolctl_attention_blocks_run_in_the_calling_thread(tiny, monkeypatch):
+    """threadpoolctl is optional at runtime: without it BLAS keeps its threads, so the attention
+    blocks run one after the other in the caller's thread, never concurrently on the pool."""
+    model = bge_ref.load(tiny[0])
+    batch = model.tokenize(TEXTS)
+    with_ctl = model.forward(**batch)
+    monkeypatch.setattr(threads, "_blas_controller", False)  # what blas_single_threaded caches on ImportError
+    assert threads.blas_single_threaded() is None
+    monkeypatch.setattr(fast, "SCORES_BLOCK_BYTES", 1)   # one sequence per block: several blocks
+    ran_in, plain = set(), fast.attention
+    monkeypatch.setattr(fast, "attention", lambda *a, **kw: ran_in.add(threading.current_thread()) or plain(*a, **kw))
+    np.testing.assert_allclose(model.forward(**batch), with_ctl, rtol=0, atol=1e-6)
+    assert ran_in == {threading.current_thread()}
