@@ -16,13 +16,15 @@ API_MAX_TEXTS = 100  # the hosted API's limit on strings per request
 TOKENIZE_CHUNK = 2048  # texts tokenized (and length-sorted) together by encode()
 
 
-def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "Embedder":
+def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, tokenizer=None) -> "Embedder":
     """Load a BERT embedding checkpoint: a local directory or a hub repo id.
 
     `model` defaults to $BGE_REF_MODEL, else BAAI/bge-large-en-v1.5. `dtype` is the compute dtype:
     "float32" (default) or "float64" (every operation in float64: the oracle for verification).
     `weights_dtype="float16"` stores the weight matrices in float16 (about half the memory) while
     still computing in float32; None (default) stores them in `dtype`.
+    `tokenizer`: "tokenizers" (the Rust library), "python" (bge_ref/wordpiece.py, same ids, needs only
+    the standard library) or None (default): "tokenizers" when it is installed, else "python".
     """
     if str(dtype) not in ("float32", "float64"):
         raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -38,7 +40,7 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None) -> "
     if not (directory / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory / 'tokenizer.json'}: not found; bge_ref needs the fast tokenizer file")
     max_length = hub.max_seq_length(directory, config.max_position_embeddings)
-    tokenizer = Tokenizer(directory / "tokenizer.json", max_length, config.pad_token_id)
+    tokenizer = Tokenizer(directory / "tokenizer.json", max_length, config.pad_token_id, backend=tokenizer)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{directory / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but the "
                               f"word embedding has {config.vocab_size} rows; tokenizer and weights do not match")
