@@ -269,9 +269,9 @@ class WordPieceTokenizer:
         self.vocab, self.unk_token, self.prefix = vocab, unk_token, continuing_subword_prefix
         self.max_input_chars_per_word = max_input_chars_per_word
         self.normalizer = normalizer  # BertNormalizer's flags, or None for no normalizer
-        self.raw_added = {t.content: t for t in added_tokens if not t.normalized}
+        self.raw_added = {t.content: t for t in added_tokens if not t.normalized and t.content}
         # Normalized added tokens are matched by their normalized form, in the normalized text.
-        self.normalized_added = {self.normalize(t.content): t for t in added_tokens if t.normalized}
+        self.normalized_added = {n: t for t in added_tokens if t.normalized and (n := self.normalize(t.content))}
         self.template = template
         self.id_to_token = {i: t for t, i in vocab.items()} | {t.id: t.content for t in added_tokens}
         self.vocab_size = len(set(vocab) | {t.content for t in added_tokens})
@@ -284,9 +284,10 @@ class WordPieceTokenizer:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
-        if not isinstance(spec, dict):
-            raise CheckpointError(f"{path}: cannot load tokenizer (not a JSON object)")
-        return cls(**read_spec(spec, path))
+        try:
+            return cls(**read_spec(spec, path))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot load tokenizer (malformed: {type(e).__name__} {e})") from None
 
     # -- the stages, on one text ---------------------------------------------------------------------
     def normalize(self, text: str) -> str:
@@ -315,7 +316,7 @@ class WordPieceTokenizer:
                     ids.append(added_id)
                     continue
                 for word in bert_pre_tokenizer(piece):
-                    ids += self._word_ids.get(word) or self.word_ids(word)
+                    ids += self.word_ids(word)
         return ids
 
     def encode(self, text: str, max_length: int | None = None, add_special_tokens=True) -> Encoding:

@@ -203,6 +203,9 @@ def test_unreadable_tokenizer_json(tmp_path):
     path.write_text("{not json")
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer"):
         Tokenizer(path, 128, 0, backend="python")
+    path.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer \(malformed"):
+        Tokenizer(path, 128, 0, backend="python")
     path.write_text(json.dumps(variant(lambda s: s["model"].update(unk_token="<unk>"))))
     with pytest.raises(CheckpointError, match="model.unk_token '<unk>' is not in model.vocab"):
         Tokenizer(path, 128, 0, backend="python")
