@@ -22,7 +22,7 @@ def _check_forward(forward):
     return forward
 
 
-def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forward="fast") -> "Embedder":
+def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forward="fast", tokenizer=None) -> "Embedder":
     """Load a BERT embedding checkpoint: a local directory or a hub repo id.
 
     `model` defaults to $BGE_REF_MODEL, else BAAI/bge-large-en-v1.5. `dtype` is the compute dtype:
@@ -30,6 +30,8 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forw
     `weights_dtype="float16"` stores the weight matrices in float16 (about half the memory) while
     still computing in float32; None (default) stores them in `dtype`. `forward` picks the forward
     pass: "fast" (default, bge_ref/fast.py) or "reference" (the textbook bge_ref/model.py).
+    `tokenizer`: "tokenizers" (the Rust library), "python" (bge_ref/wordpiece.py, same ids, needs only
+    the standard library) or None (default): "tokenizers" when it is installed, else "python".
     """
     _check_forward(forward)
     if str(dtype) not in ("float32", "float64"):
@@ -46,7 +48,7 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forw
     if not (directory / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory / 'tokenizer.json'}: not found; bge_ref needs the fast tokenizer file")
     max_length = st_config.max_seq_length(directory, config.max_position_embeddings)
-    tokenizer = Tokenizer(directory / "tokenizer.json", max_length, config.pad_token_id)
+    tokenizer = Tokenizer(directory / "tokenizer.json", max_length, config.pad_token_id, backend=tokenizer)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{directory / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but the "
                               f"word embedding has {config.vocab_size} rows; tokenizer and weights do not match")

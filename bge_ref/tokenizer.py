@@ -1,22 +1,55 @@
-"""WordPiece tokenization with `tokenizers`, with padding and truncation under our control.
+"""Text to token ids, with padding and truncation under our control, by one of two backends:
 
-A checkpoint's tokenizer.json may carry its own padding and truncation (all-MiniLM-L6-v2's pads every
-text to 128 tokens). Both are switched off here: batches are padded to their longest text, and
-texts are truncated to the checkpoint's declared max sequence length.
+- "tokenizers": the Rust library transformers uses (imported only when chosen);
+- "python": bge_ref/wordpiece.py, the same BERT tokenization in pure Python, so bge_ref runs with
+  NumPy alone (Pyodide, minimal containers, platforms without Rust wheels).
+
+Both read the checkpoint's tokenizer.json and give the same ids. The padding and truncation a
+tokenizer.json may carry (all-MiniLM-L6-v2's pads every text to 128 tokens) are ignored: batches are
+padded to their longest text, and texts are truncated to the checkpoint's declared max length.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer as _HFTokenizer
 
-from .errors import CheckpointError
+from .errors import BgeRefError, CheckpointError, InputError
+from .wordpiece import WordPieceTokenizer
+
+BACKENDS = ("python", "tokenizers")
+
+
+def default_backend() -> str:
+    """"tokenizers" when it is installed (it is a default dependency), else "python"."""
+    return "tokenizers" if importlib.util.find_spec("tokenizers") is not None else "python"
 
 
 class Tokenizer:
-    def __init__(self, path: Path, max_length: int, pad_id: int):
+    def __init__(self, path: Path, max_length: int, pad_id: int, backend: str | None = None):
+        if backend is None:
+            backend = default_backend()
+        if backend not in BACKENDS:
+            raise InputError(f"tokenizer must be None, 'python' or 'tokenizers', got {backend!r}")
+        self.backend, self.max_length, self.pad_id = backend, max_length, pad_id
+        if backend == "python":
+            self._python = WordPieceTokenizer.from_file(path)
+            self.vocab_size = self._python.vocab_size
+            spec_pre = "BertPreTokenizer"  # the only pre-tokenizer it reads
+        else:
+            spec_pre = self._load_tokenizers(path)
+        # BERT's pre-tokenizer splits words at whitespace and its normalizer works character by
+        # character, so the tokens before a space do not depend on what follows it. That lets a long
+        # text be cut to a prefix before tokenizing (see _prefix). Other tokenizers get the whole text.
+        self._splits_at_spaces = spec_pre == "BertPreTokenizer"
+
+    def _load_tokenizers(self, path: Path) -> str | None:
+        if importlib.util.find_spec("tokenizers") is None:
+            raise BgeRefError("tokenizer='tokenizers' needs the tokenizers package: pip install tokenizers "
+                              "(or pass tokenizer='python' for bge_ref's own)")
+        from tokenizers import Tokenizer as _HFTokenizer
         try:
             full = _HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exception on a bad file
@@ -25,23 +58,25 @@ class Tokenizer:
         full.no_truncation()
         spec = full.to_str()
         cut = _HFTokenizer.from_str(spec)
-        cut.enable_truncation(max_length)
+        cut.enable_truncation(self.max_length)
         self._full, self._cut = full, cut
-        self.max_length, self.pad_id = max_length, pad_id
         self.vocab_size = full.get_vocab_size(with_added_tokens=True)
-        # BERT's pre-tokenizer splits words at whitespace and its normalizer works character by
-        # character, so the tokens before a space do not depend on what follows it. That lets a long
-        # text be cut to a prefix before tokenizing (see _prefix). Other tokenizers get the whole text.
-        pre = json.loads(spec).get("pre_tokenizer") or {}
-        self._splits_at_spaces = pre.get("type") == "BertPreTokenizer"
+        return (json.loads(spec).get("pre_tokenizer") or {}).get("type")
 
     def encode(self, texts: list[str], truncate: bool = True):
-        """tokenizers Encodings (ids, attention_mask, type_ids) for each text."""
-        if not truncate:
-            return self._full.encode_batch(texts)
-        if self._splits_at_spaces:
+        """Encodings (ids, attention_mask, type_ids, tokens) for each text."""
+        if truncate and self._splits_at_spaces:
             texts = [self._prefix(t) for t in texts]
-        return self._cut.encode_batch(texts)
+        if self.backend == "python":
+            max_length = self.max_length if truncate else None
+            return [self._python.encode(t, max_length) for t in texts]
+        return (self._cut if truncate else self._full).encode_batch(texts)
+
+    def count(self, text: str) -> int:
+        """Tokens of a text without [CLS] and [SEP], untruncated."""
+        if self.backend == "python":
+            return len(self._python.piece_ids(text))
+        return len(self._full.encode(text, add_special_tokens=False).ids)
 
     def _prefix(self, text: str) -> str:
         """The shortest space-ended prefix of `text` (growing 4x) that already fills max_length tokens.
@@ -52,7 +87,7 @@ class Tokenizer:
         n = 16 * self.max_length  # characters; a WordPiece token is rarely under 1 character
         while n < len(text):
             cut = text.rfind(" ", 0, n)
-            if cut > 0 and len(self._full.encode(text[:cut], add_special_tokens=False).ids) >= self.max_length:
+            if cut > 0 and self.count(text[:cut]) >= self.max_length:
                 return text[:cut]
             n *= 4
         return text

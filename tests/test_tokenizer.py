@@ -1,29 +1,82 @@
-"""Our tokenization against transformers' AutoTokenizer on the real all-MiniLM-L6-v2 (bge's vocabulary)."""
+"""Our tokenization, with either backend, against transformers' AutoTokenizer on the real all-MiniLM-L6-v2
+(bge's vocabulary); the backend choice of load()."""
+import sys
+
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
+
+import bge_ref
+from bge_ref import BgeRefError, InputError
 
 from .conftest import TEXTS
 
 LONG = "Embedding models truncate long inputs. " * 200  # ~1,400 tokens, over MiniLM's 256
+MORE = TEXTS + [LONG, "  leading and trailing spaces  ", "UPPER lower MiXeD", "tab\tand\nnewline", "[CLS] x [MASK]"]
 
 
-def test_batch_matches_autotokenizer(minilm, minilm_path):
-    texts = TEXTS + [LONG, "  leading and trailing spaces  ", "UPPER lower MiXeD", "tab\tand\nnewline"]
-    ours = minilm.tokenize(texts)
-    ref = AutoTokenizer.from_pretrained(minilm_path)(texts, padding=True, truncation=True,
-                                                     max_length=minilm.max_length, return_tensors="np")
+@pytest.fixture(scope="module", params=["tokenizers", "python"])
+def model(request, minilm_path):
+    m = bge_ref.load(minilm_path, tokenizer=request.param)
+    assert m.tokenizer.backend == request.param
+    return m
+
+
+def test_batch_matches_autotokenizer(model, minilm_path):
+    ours = model.tokenize(MORE)
+    ref = AutoTokenizer.from_pretrained(minilm_path)(MORE, padding=True, truncation=True,
+                                                     max_length=model.max_length, return_tensors="np")
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         np.testing.assert_array_equal(ours[key], ref[key], err_msg=key)
         assert ours[key].dtype == np.int64
-    assert ours["input_ids"].shape == (len(texts), 256)  # truncated to max_seq_length, not the file's 128
+    assert ours["input_ids"].shape == (len(MORE), 256)  # truncated to max_seq_length, not the file's 128
 
 
-def test_padding_is_ours_not_the_files(minilm):
+def test_padding_is_ours_not_the_files(model):
     # tokenizer.json pads everything to 128; we pad to the longest text in the batch.
-    assert minilm.tokenize(["hi", "hello there"])["input_ids"].shape == (2, 4)
+    assert model.tokenize(["hi", "hello there"])["input_ids"].shape == (2, 4)
 
 
-def test_count_tokens_is_before_truncation(minilm):
-    n = minilm.count_tokens(["hello world", LONG])
+def test_count_tokens_is_before_truncation(model):
+    n = model.count_tokens(["hello world", LONG])
     assert n[0] == 4 and n[1] > 1000
-    assert minilm.tokenize([LONG])["input_ids"].shape[1] == 256
+    assert model.tokenize([LONG])["input_ids"].shape[1] == 256
+
+
+def test_pieces_are_the_vocabulary_entries(model, minilm_path):
+    ref = AutoTokenizer.from_pretrained(minilm_path)
+    for text in MORE[:4]:
+        assert model.tokenizer.encode([text])[0].tokens == ref.convert_ids_to_tokens(ref(text)["input_ids"])
+
+
+def test_python_backend_embeds_as_tokenizers_does(minilm, minilm_path):
+    # Same ids give the same forward pass: bit-identical vectors, through every entry point.
+    py = bge_ref.load(minilm_path, tokenizer="python")
+    texts = [TEXTS[0], "[CLS] x [MASK]", "Führer 東京 🦙"]
+    np.testing.assert_array_equal(py.encode(texts, batch_size=2), minilm.encode(texts, batch_size=2))
+    assert py.count_tokens(MORE) == minilm.count_tokens(MORE)
+    assert py.run({"text": texts[1:], "pooling": "cls"}) == minilm.run({"text": texts[1:], "pooling": "cls"})
+    assert py.openai_embeddings({"input": texts[:1]}) == minilm.openai_embeddings({"input": texts[:1]})
+    with pytest.raises(InputError, match=r"texts\[1\] has \d+ tokens, more than the model's 256"):
+        py.encode(["short", LONG], truncate=False)
+
+
+def test_python_backend_cuts_a_megabyte_to_a_prefix(minilm, minilm_path):
+    py = bge_ref.load(minilm_path, tokenizer="python")
+    big = ("The quick brown fox jumps over the lazy dog. " * 23000)[:1_000_000]
+    seen = []
+    real = py.tokenizer._python.encode
+    py.tokenizer._python.encode = lambda text, max_length: seen.append(len(text)) or real(text, max_length)
+    ids = py.tokenize([big])["input_ids"]
+    assert max(seen) < 20_000  # a prefix, not the megabyte
+    np.testing.assert_array_equal(ids, minilm.tokenize([big])["input_ids"])
+
+
+def test_tokenizer_choice(minilm_path, monkeypatch):
+    with pytest.raises(InputError, match="tokenizer must be None, 'python' or 'tokenizers', got 'rust'"):
+        bge_ref.load(minilm_path, tokenizer="rust")
+    assert bge_ref.load(minilm_path).tokenizer.backend == "tokenizers"  # installed: the default
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
+    assert bge_ref.load(minilm_path).tokenizer.backend == "python"
+    with pytest.raises(BgeRefError, match="needs the tokenizers package: pip install tokenizers"):
+        bge_ref.load(minilm_path, tokenizer="tokenizers")
