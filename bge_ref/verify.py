@@ -377,10 +377,10 @@ def run_transformers(model, batch, dtype="float32", pooling="cls") -> dict:
     torch, _ = _torch()
     model.to(getattr(torch, dtype))
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(np.asarray(batch[k])) for k in IDS if k in batch},
+        out = model(**{k: torch.from_numpy(np.array(batch[k])) for k in IDS if k in batch},  # a copy: dumps are read-only
                     output_hidden_states=True)
         h = out.last_hidden_state                                       # (B, S, D)
-        m = torch.from_numpy(np.asarray(batch["attention_mask"])).unsqueeze(-1).to(h.dtype)  # (B, S, 1)
+        m = torch.from_numpy(np.array(batch["attention_mask"])).unsqueeze(-1).to(h.dtype)  # (B, S, 1)
         pooled = {"cls": h[:, 0], "mean": (h * m).sum(1) / m.sum(1).clamp(min=1e-9)}
         embedding = torch.nn.functional.normalize(pooled[pooling], dim=-1)
     return _layout(batch, [s.numpy() for s in out.hidden_states], {k: v.numpy() for k, v in pooled.items()},
@@ -524,7 +524,7 @@ def compare_dumps(ref_path, their_path, tol="float32") -> Report:
     meta = {"reference": str(ref_path), "theirs": str(their_path), "tolerance": label,
             **{k: ref_meta[k] for k in ("model", "dtype", "config_hash") if k in ref_meta}}
     try:
-        return compare_stages(ref, theirs, tols, title=f"{their_path} vs {ref_path}", vocab=vocab, meta=meta)
+        return compare_stages(ref, theirs, tols, vocab=vocab, meta=meta)
     except InputError as e:
         raise InputError(f"{their_path} vs {ref_path}: {e}") from None
 
