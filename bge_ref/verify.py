@@ -49,9 +49,9 @@ TOLERANCES = {
 # float64 reference, with a margin. Measured by scripts/compare_tolerances.py (README, "Compare
 # tolerances": which implementations, kernels and models, and the margin each preset leaves).
 PRESETS = {
-    "float32": {"hidden": 5e-5, "embedding": 1e-6},
-    "float16": {"hidden": 3e-2, "embedding": 3e-4},
-    "int8": {"hidden": 2.0, "embedding": 2e-2},
+    "float32": {"hidden": 5e-5, "embedding": 1e-6},     # worst measured 1.25e-5, 2.0e-7 (bge-large size)
+    "float16": {"hidden": 5e-2, "embedding": 1e-3},     # 1.8e-2 (bge-large size), 3.2e-4 (MiniLM)
+    "int8": {"hidden": 3.0, "embedding": 0.2},          # 1.07, 7.0e-2 (MiniLM)
 }
 
 # Mixed lengths (so the batch is padded), punctuation, accents, CJK, emoji, a sentence pair's length.
@@ -130,6 +130,9 @@ class TokenDiff:
     their_token: str | None = None
 
     def __str__(self):
+        if self.ref_id is None and self.their_id is None:  # no ids on one side: only the counts differ
+            return f"text {self.text}: {self.ref_len} real tokens in the reference, {self.their_len} in theirs"
+
         def side(i, tok):
             return "no token" if i is None else (f"{tok!r} (id {i})" if tok is not None else f"id {i}")
         return (f"text {self.text}, token {self.position}: reference {side(self.ref_id, self.ref_token)}, "
@@ -169,7 +172,7 @@ class Report:
         skipped = f"; {len(self.rows) - len(done)} not compared" if len(done) < len(self.rows) else ""
         if not done:
             return f"PASS: the token ids agree; no activations compared{skipped}"
-        return f"PASS: {len(done)} stages within tolerance{skipped}"
+        return f"PASS: {len(done)} stage{'s' if len(done) > 1 else ''} within tolerance{skipped}"
 
     def table(self) -> str:
         return format_table(self.rows, self.title)

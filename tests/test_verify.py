@@ -100,3 +100,22 @@ def test_without_torch_is_a_typed_error(minilm_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.stdout.startswith("typed") and "pip install" in r.stdout, r.stderr
     assert r.returncode == 2 and "needs torch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_forward_option_reaches_load(minilm_path, monkeypatch, capsys):
+    # `--forward fast|reference` is passed to bge_ref.load as forward=...; without the option load
+    # gets no forward argument at all (its own default applies).
+    import bge_ref.embedder
+    real_load, seen = bge_ref.embedder.load, []
+
+    def load(model=None, **kw):
+        seen.append(kw.pop("forward", "absent"))
+        return real_load(model, **kw)
+
+    monkeypatch.setattr(bge_ref.embedder, "load", load)
+    assert main(["verify", "--model", str(minilm_path), "--texts", "hello", "--forward", "reference", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["forward"] == "reference"
+    assert main(["verify", "--model", str(minilm_path), "--texts", "hello"]) == 0
+    assert seen == ["reference", "absent"]
+    with pytest.raises(SystemExit):
+        main(["verify", "--forward", "slow"])
