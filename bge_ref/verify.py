@@ -154,7 +154,8 @@ class Report:
 
     def worst(self, kind="hidden") -> float:
         """Largest max abs diff over the hidden-state stages ("hidden") or the embedding ("embedding")."""
-        return max(r.max_abs for r in self.rows if _kind(r.stage) == kind and not (r.problem or r.skipped))
+        return max((r.max_abs for r in self.rows if _kind(r.stage) == kind and not (r.problem or r.skipped)),
+                   default=float("nan"))
 
     @property
     def verdict(self) -> str:
