@@ -1,8 +1,8 @@
-"""Command line: `bge-ref embed`, `bge-ref info`, `bge-ref serve` (and `bge-ref verify`, see verify.py).
+"""Command line: `bge-ref embed`, `info`, `serve`, and the checks `verify`, `reference`, `compare`.
 
 One convention for every subcommand: output on stdout; an error is one line on stderr,
 `bge-ref: error: <message naming the text, line, field or file>`, and exit status 2 (as argparse
-uses for bad arguments); exit status 1 means the command ran and its check failed (verify).
+uses for bad arguments); exit status 1 means the command ran and its check failed (verify, compare).
 """
 from __future__ import annotations
 
@@ -98,6 +98,97 @@ def _add_serve(sub):
     s.set_defaults(func=_serve)
 
 
+# -- verify, reference, compare: checking an implementation stage by stage (bge_ref/verify.py) ------
+def _texts_file(path) -> list[str]:
+    """One text per line of a UTF-8 file; a blank line is an error naming it (every line is one text)."""
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        raise InputError(f"--texts-file {path}: cannot read ({e.strerror})") from None
+    texts = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"--texts-file {path}: line {n} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+        if not line.strip():
+            raise InputError(f"--texts-file {path}: line {n} is blank; every line is one text")
+        texts.append(line)
+    if not texts:
+        raise InputError(f"--texts-file {path}: no texts in it")
+    return texts
+
+
+def _texts(args):
+    return _texts_file(args.texts_file) if args.texts_file else args.texts
+
+
+def _print_report(report, as_json: bool, header: str = ""):
+    """The stage table (or JSON), the verdict last; exit status 0 when every stage passed, else 1."""
+    if as_json:
+        json.dump(report.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        lines = [header] if header else []
+        lines += [f"tokenization differs: {d}" for d in report.tokens]
+        lines += [f"note: {n}" for n in report.notes] + [report.table(), report.verdict]
+        print("\n".join(lines))
+    return 0 if report.ok else 1
+
+
+def _verify(args) -> int:
+    from .verify import DEFAULT_TEXTS, compare
+    report = compare(args.model, _texts(args) or DEFAULT_TEXTS, args.dtype, forward=args.forward)
+    B, S = report.shape
+    return _print_report(report, args.json, f"{report.meta['model']}: {B} texts padded to {S} tokens, real tokens only")
+
+
+def _reference(args) -> int:
+    from .verify import write_reference
+    run, meta = write_reference(args.output, args.model, _texts(args), args.dtype)
+    B, S = run["attention_mask"].shape
+    print(f"wrote {args.output}: {len(run)} tensors, {B} texts padded to {S} tokens, {meta['dtype']}, "
+          f"{meta['model']} (config_hash {meta['config_hash']})")
+    return 0
+
+
+def _compare(args) -> int:
+    from .verify import compare_dumps
+    report = compare_dumps(args.reference, args.theirs, args.tolerance)
+    B, S = report.shape
+    return _print_report(report, args.json, f"{args.theirs} against {args.reference}: {B} texts, real tokens only; "
+                                             f"tolerance {report.meta['tolerance']}")
+
+
+def _add_check_commands(sub):
+    from .verify import PRESETS, TOLERANCES
+    model_help = "checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)"
+    v = sub.add_parser("verify", help="compare every layer with transformers' BertModel (needs torch)")
+    v.add_argument("--model", help=model_help)
+    texts = v.add_mutually_exclusive_group()
+    texts.add_argument("--texts", nargs="+", metavar="TEXT", help="texts (default: a built-in mixed batch)")
+    texts.add_argument("--texts-file", metavar="FILE", help="a UTF-8 file, one text per line")
+    v.add_argument("--dtype", choices=sorted(TOLERANCES), default="float32")
+    v.add_argument("--forward", choices=["fast", "reference"], help="bge_ref's forward (default: load()'s)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=_verify)
+    r = sub.add_parser("reference", help="write every stage of bge_ref's forward for some texts (safetensors)")
+    r.add_argument("--model", help=model_help)
+    texts = r.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--texts", nargs="+", metavar="TEXT", help="the texts, one batch")
+    texts.add_argument("--texts-file", metavar="FILE", help="a UTF-8 file, one text per line")
+    r.add_argument("-o", "--output", required=True, metavar="FILE", help="the .safetensors file to write")
+    r.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    r.set_defaults(func=_reference)
+    c = sub.add_parser("compare", help="compare a dump (.safetensors or .npz) with a reference, stage by stage")
+    c.add_argument("reference", help="the reference .safetensors (bge-ref reference)")
+    c.add_argument("theirs", help="the dump to check, .safetensors or .npz, any subset of the documented names")
+    c.add_argument("--tolerance", default="float32", metavar="|".join(PRESETS) + "|ABS",
+                   help="a preset (default float32) or one max abs diff for every stage")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=_compare)
+
+
 def main(argv=None) -> int:
     from . import __version__
     p = argparse.ArgumentParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
@@ -117,12 +208,7 @@ def main(argv=None) -> int:
     i.add_argument("--model")
     i.set_defaults(func=_info)
     _add_serve(sub)
-    try:
-        from .verify import add_parser as add_verify
-    except ImportError:
-        add_verify = None
-    if add_verify:
-        add_verify(sub)
+    _add_check_commands(sub)
     args = p.parse_args(argv)
     try:
         return args.func(args)

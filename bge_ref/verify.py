@@ -1,40 +1,57 @@
-"""`bge-ref verify`: a poor man's tensor checker, layer by layer, bge_ref against transformers.
+"""One stage-by-stage comparison of two forward passes, behind `bge-ref verify`, `reference` and `compare`.
 
-The same tokenized batch goes through bge_ref and through transformers' BertModel; every stage is
-compared on real (non-padding) tokens only:
+A forward pass is a dict of named arrays, the activation layout a dump file holds (README, "Verify
+your own implementation"); B texts, S tokens (padded), D hidden size, L layers:
 
-    embeddings   hidden state 0 (word + position + type, LayerNorm)
-    layer i      hidden state i, i = 1..L
-    final        the last hidden state
-    cls, mean    the pooled, L2-normalized embeddings (the reference pools with torch, as
-                 sentence-transformers does, so our pooling is checked too)
+    input_ids, attention_mask, token_type_ids    (B, S) int     the tokenized, right-padded batch
+    hidden_states.0                              (B, S, D)      the embeddings output (after its LayerNorm)
+    hidden_states.i, i = 1..L                    (B, S, D)      the output of layer i (transformers' hidden_states[i])
+    last_hidden_state                            (B, S, D)      = hidden_states.L
+    pooled.cls, pooled.mean                      (B, D)         the [CLS] vector; the mean over real tokens
+    embedding                                    (B, D)         the checkpoint's pooling, L2-normalized
 
-Columns: max abs diff; max rel diff, the worst token's |a - b| / |b| (L2 norms over D, so a value
-near zero does not blow it up); rms diff (the typical error, steadier than the max for comparing
-two implementations); worst cosine, printed as 1 - x; and where the max abs diff sits
-(text, token, dim). A stage fails when its max abs diff exceeds the dtype's tolerance below.
+`compare_stages` checks the token ids first (a different tokenization is reported as such, with the
+first differing token, and those texts are left out of the numbers), then compares every float
+stage on real (non-padding) tokens only. Columns: max abs diff; max rel diff, the worst token's
+|a - b| / |b| (L2 norms over D, so a value near zero does not blow it up); rms diff (the typical
+error, steadier than the max for comparing two implementations); worst cosine, printed as 1 - x; and
+where the max abs diff sits (text, token, dim). A stage fails when its max abs diff exceeds the
+tolerance: "embedding" has its own, every other stage the hidden-state one.
 
-The module imports without torch: torch and transformers are imported inside the functions that
-need them, and their absence is a `MissingDependencyError` with the fix, not an ImportError.
+`bge-ref verify` runs bge_ref and transformers' BertModel on one batch and compares them with it;
+`bge-ref compare` compares two dump files with it. The module imports without torch: torch and
+transformers are imported inside the functions that need them, and their absence is a
+`MissingDependencyError` with the fix, not an ImportError.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import sys
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .embedder import POOLINGS
 from .embedder import l2_normalize as unit  # rows to unit L2 norm, as encode() does
 from .errors import BgeRefError, InputError
 
-# Max abs diff allowed per stage. Measured by scripts/verification_report.py (README, Verification)
-# on MiniLM (real weights) and the bge-large-size random model with a 512-token text; each bound is
-# a small margin over the worst measured stage, so a real regression shows.
+# Max abs diff allowed per stage for bge_ref against transformers at the same dtype (`bge-ref verify`).
+# Measured by scripts/verification_report.py (README, Verification) on MiniLM (real weights) and the
+# bge-large-size random model with a 512-token text; a small margin over the worst measured stage.
 TOLERANCES = {
-    "float64": {"hidden": 1e-13, "pooled": 2e-15},
-    "float32": {"hidden": 3e-5, "pooled": 6e-7},
+    "float64": {"hidden": 1e-13, "embedding": 2e-15},
+    "float32": {"hidden": 3e-5, "embedding": 6e-7},
+}
+
+# `bge-ref compare --tolerance`: what an implementation in that precision shows against bge_ref's
+# float64 reference, with a margin. Measured by scripts/compare_tolerances.py (README, "Compare
+# tolerances": which implementations, kernels and models, and the margin each preset leaves).
+PRESETS = {
+    "float32": {"hidden": 5e-5, "embedding": 1e-6},     # worst measured 1.25e-5, 2.0e-7 (bge-large size)
+    "float16": {"hidden": 5e-2, "embedding": 1e-3},     # 1.8e-2 (bge-large size), 3.2e-4 (MiniLM)
+    "int8": {"hidden": 3.0, "embedding": 0.2},          # 1.07, 7.0e-2 (MiniLM)
 }
 
 # Mixed lengths (so the batch is padded), punctuation, accents, CJK, emoji, a sentence pair's length.
@@ -48,11 +65,35 @@ DEFAULT_TEXTS = [
     "Represent this sentence for searching relevant passages: what is a BERT encoder?",
 ]
 
+IDS = ("input_ids", "attention_mask", "token_type_ids")
+FORMAT = "bge-ref activations 1"  # the metadata "format" of a reference file
+_STAGE = re.compile(r"hidden_states\.(\d+)|last_hidden_state|pooled\.(cls|mean)|embedding")
+
 
 class MissingDependencyError(BgeRefError):
     """Verification needs torch and transformers (the `test` extra), which are not installed."""
 
 
+def stage_order(name: str):
+    """Sort key of a documented float stage; None for any other name."""
+    m = _STAGE.fullmatch(name)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        return (0, int(m.group(1)))
+    return (1, ["last_hidden_state", "pooled.cls", "pooled.mean", "embedding"].index(name))
+
+
+def _kind(stage: str) -> str:
+    return "embedding" if stage == "embedding" else "hidden"
+
+
+def states(run: dict) -> list:
+    """hidden_states.0 .. hidden_states.L of a run, as a list (transformers' output_hidden_states)."""
+    return [run[n] for n in sorted((n for n in run if n.startswith("hidden_states.")), key=stage_order)]
+
+
+# -- the report -----------------------------------------------------------------------------------
 @dataclass
 class Row:
     stage: str
@@ -62,6 +103,8 @@ class Row:
     one_minus_cos: float      # 1 - the smallest cosine between matching token (or embedding) vectors
     where: tuple              # (text, token, dim) of the max abs diff; token None for mean pooling
     tol: float | None = None
+    problem: str = ""         # why the stage could not be compared (shape, dtype, NaN): a failure
+    skipped: str = ""         # why the stage was not compared (absent from one side): not a failure
 
     @property
     def worst_cos(self) -> float:
@@ -69,74 +112,247 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        return self.tol is None or self.max_abs <= self.tol
+        if self.skipped:
+            return True
+        return not self.problem and (self.tol is None or self.max_abs <= self.tol)
+
+
+@dataclass
+class TokenDiff:
+    """The first position where one text's real token ids differ (id None: that side has no token there)."""
+    text: int
+    position: int
+    ref_id: int | None
+    their_id: int | None
+    ref_len: int
+    their_len: int
+    ref_token: str | None = None
+    their_token: str | None = None
+
+    def __str__(self):
+        if self.ref_id is None and self.their_id is None:  # no ids on one side: only the counts differ
+            return f"text {self.text}: {self.ref_len} real tokens in the reference, {self.their_len} in theirs"
+
+        def side(i, tok):
+            return "no token" if i is None else (f"{tok!r} (id {i})" if tok is not None else f"id {i}")
+        return (f"text {self.text}, token {self.position}: reference {side(self.ref_id, self.ref_token)}, "
+                f"theirs {side(self.their_id, self.their_token)} ({self.ref_len} vs {self.their_len} tokens)")
 
 
 @dataclass
 class Report:
     title: str
     rows: list[Row]
-    shape: tuple = ()         # (B, S) of the batch
+    shape: tuple = ()         # (B, S) of the reference batch
     meta: dict = field(default_factory=dict)
+    tokens: list[TokenDiff] = field(default_factory=list)  # texts whose tokenization differs
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return not self.tokens and all(r.ok for r in self.rows)
 
     def worst(self, kind="hidden") -> float:
-        """Largest max abs diff over the hidden-state stages ("hidden") or the pooled ones ("pooled")."""
-        return max(r.max_abs for r in self.rows if _kind(r.stage) == kind)
+        """Largest max abs diff over the hidden-state stages ("hidden") or the embedding ("embedding")."""
+        return max((r.max_abs for r in self.rows if _kind(r.stage) == kind and not (r.problem or r.skipped)),
+                   default=float("nan"))
+
+    @property
+    def verdict(self) -> str:
+        """One line: PASS, or FAIL naming the first differing token or the first failing stage."""
+        if self.tokens:
+            return (f"FAIL: tokenization differs in {len(self.tokens)} of {self.shape[0]} texts; first at "
+                    f"{self.tokens[0]}")
+        bad = next((r for r in self.rows if not r.ok), None)
+        if bad is not None and bad.problem:
+            return f"FAIL: {bad.stage}: {bad.problem}"
+        if bad is not None:
+            return (f"FAIL: {bad.stage} exceeds the tolerance: max abs diff {bad.max_abs:.2e} > {bad.tol:.0e} "
+                    f"at (text, token, dim) {_where(bad.where)}")
+        done = [r for r in self.rows if not r.skipped]
+        skipped = f"; {len(self.rows) - len(done)} not compared" if len(done) < len(self.rows) else ""
+        if not done:
+            return f"PASS: the token ids agree; no activations compared{skipped}"
+        return f"PASS: {len(done)} stage{'s' if len(done) > 1 else ''} within tolerance{skipped}"
 
     def table(self) -> str:
         return format_table(self.rows, self.title)
 
     def to_dict(self) -> dict:
-        return {"title": self.title, "shape": list(self.shape), "ok": self.ok, **self.meta,
-                "rows": [dict(asdict(r), worst_cos=r.worst_cos, ok=r.ok) for r in self.rows]}
+        def clean(d):  # JSON has no NaN: a stage that could not be compared has null numbers
+            return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
+        return {"title": self.title, "shape": list(self.shape), "ok": self.ok, "verdict": self.verdict, **self.meta,
+                "tokenization": [asdict(t) for t in self.tokens], "notes": self.notes,
+                "rows": [clean(dict(asdict(r), worst_cos=r.worst_cos, ok=r.ok)) for r in self.rows]}
 
 
-def _kind(stage: str) -> str:
-    return "pooled" if stage in ("cls", "mean") else "hidden"
+def _where(w) -> str:
+    return "({}, {}, {})".format(*("-" if v is None else v for v in w))
 
 
 # -- the numbers ----------------------------------------------------------------------------------
-def diff_stage(stage, a, b, real=None, tol=None) -> Row:
-    """Compare a (ours) with b (reference), (B, S, D) on the tokens where `real` is True, or (B, D)."""
+def _diff_vectors(stage, a, b, where, tol=None) -> Row:
+    """Compare matching vectors a (theirs) and b (reference), both (N, D); where: (N, 2) (text, token)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if real is None:                                       # pooled (B, D): every row is real
-        real = np.ones(a.shape[:-1], dtype=bool)
-    idx = np.argwhere(real)                                # (N, ndim-1) text [, token] of each vector
-    a, b = a[real], b[real]                                # (N, D)
     d = np.abs(a - b)                                      # (N, D)
     n, dim = np.unravel_index(np.argmax(d), d.shape)
     rel = np.linalg.norm(a - b, axis=-1) / np.maximum(np.linalg.norm(b, axis=-1), 1e-300)  # (N,)
     # 1 - cos = |a^ - b^|^2 / 2 keeps its digits when the vectors agree to 1e-16 (1 - a^.b^ would not).
     one_minus_cos = (np.linalg.norm(unit(a) - unit(b), axis=-1) ** 2 / 2).max()
-    where = tuple(int(i) for i in idx[n]) + (int(dim),)
-    if len(where) == 2:                                    # pooled: no token index
-        where = (where[0], 0 if stage == "cls" else None, where[1])
+    text, token = where[n]
     return Row(stage, float(d.max()), float(rel.max()), float(np.sqrt(np.mean(d * d))), float(one_minus_cos),
-               where, tol)
+               (int(text), None if token is None else int(token), int(dim)), tol)
 
 
-def diff_outputs(ours: dict, ref: dict, mask, tolerances=None) -> list[Row]:
-    """One Row per stage for two runs of the same batch (see run_ours / run_transformers)."""
-    tol = tolerances or {}
-    real = np.asarray(mask).astype(bool)
-    states_a, states_b = ours["states"], ref["states"]
-    names = ["embeddings"] + [f"layer {i}" for i in range(1, len(states_a))]
-    rows = [diff_stage(n, a, b, real, tol.get("hidden")) for n, a, b in zip(names, states_a, states_b)]
-    rows.append(diff_stage("final", states_a[-1], states_b[-1], real, tol.get("hidden")))
-    rows += [diff_stage(p, ours[p], ref[p], None, tol.get("pooled")) for p in ("cls", "mean")]
-    return rows
+def diff_stage(stage, a, b, real=None, tol=None) -> Row:
+    """Compare a (theirs) with b (reference), (B, S, D) on the tokens where `real` is True, or (B, D)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if real is None:                                       # pooled (B, D): every row is real
+        real = np.ones(a.shape[:-1], dtype=bool)
+    idx = np.argwhere(real)                                # (N, ndim-1) text [, token] of each vector
+    where = [(i[0], i[1]) if len(i) == 2 else (i[0], _pooled_token(stage)) for i in idx]
+    return _diff_vectors(stage, a[real], b[real], where, tol)
+
+
+def _pooled_token(stage):
+    return 0 if stage == "pooled.cls" else None
+
+
+def _mask(a, what) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2 or a.dtype.kind not in "iub":
+        raise InputError(f"{what}: expected a 2-D integer array (batch, seq), got {a.dtype} {a.shape}")
+    return a.astype(bool)
+
+
+def token_diffs(ref_ids, ref_mask, their_ids, their_mask, vocab=None) -> list[TokenDiff]:
+    """Per text, the first position where the real token ids differ (ids None: compare the counts only)."""
+    diffs = []
+    for t in range(len(ref_mask)):
+        r_pos, t_pos = np.flatnonzero(ref_mask[t]), np.flatnonzero(their_mask[t])
+        if ref_ids is None or their_ids is None:
+            if len(r_pos) != len(t_pos):
+                n = min(len(r_pos), len(t_pos))
+                diffs.append(TokenDiff(t, n, None, None, len(r_pos), len(t_pos)))
+            continue
+        r, th = np.asarray(ref_ids)[t, r_pos].tolist(), np.asarray(their_ids)[t, t_pos].tolist()
+        if r == th:
+            continue
+        p = next((i for i, (x, y) in enumerate(zip(r, th)) if x != y), min(len(r), len(th)))
+        ri, ti = (r[p] if p < len(r) else None), (th[p] if p < len(th) else None)
+        diffs.append(TokenDiff(t, p, ri, ti, len(r), len(th), _decode(vocab, ri), _decode(vocab, ti)))
+    return diffs
+
+
+def _decode(vocab, i):
+    if vocab is None or i is None:
+        return None
+    return vocab[i] if 0 <= i < len(vocab) and vocab[i] is not None else "<not in the reference vocabulary>"
+
+
+def compare_stages(ref: dict, theirs: dict, tolerance=None, *, title="", vocab=None, meta=None) -> Report:
+    """Compare `theirs` against `ref`, two runs in the layout above: token ids first, then each stage.
+
+    ref needs attention_mask (its real tokens are the ones compared); theirs may hold any subset of
+    the layout, padded to any length (its own attention_mask says where its real tokens are).
+    tolerance: {"hidden": x, "embedding": y}, one number for every stage, or None (no check).
+    vocab: the reference's tokens by id, to print a differing token as text.
+    """
+    tol = tolerance if isinstance(tolerance, dict) or tolerance is None else {"hidden": tolerance, "embedding": tolerance}
+    tol = tol or {}
+    if "attention_mask" not in ref:
+        raise InputError("the reference has no attention_mask; it is needed to know which tokens are real")
+    ref_mask = _mask(ref["attention_mask"], "reference attention_mask")
+    B = len(ref_mask)
+    their_mask = _mask(theirs["attention_mask"], "theirs: attention_mask") if "attention_mask" in theirs else ref_mask
+    if len(their_mask) != B:
+        raise InputError(f"theirs has {len(their_mask)} texts (attention_mask {their_mask.shape}), the reference {B}")
+    for name in ("input_ids", "token_type_ids"):
+        for side, run, mask in (("reference", ref, ref_mask), ("theirs", theirs, their_mask)):
+            if name in run and np.shape(run[name]) != mask.shape:
+                raise InputError(f"{side}: {name} has shape {np.shape(run[name])}, attention_mask {mask.shape}")
+    notes = []
+    if "input_ids" not in theirs or "input_ids" not in ref:
+        notes.append("input_ids not in both: tokenization checked by token counts only")
+    tokens = token_diffs(ref.get("input_ids"), ref_mask, theirs.get("input_ids"), their_mask, vocab)
+    same = np.ones(B, dtype=bool)
+    same[[d.text for d in tokens]] = False
+    if tokens:
+        notes.append(f"texts {[d.text for d in tokens]} tokenize differently and are left out of the numbers")
+    # (text, token) of each compared token vector, in the reference and in theirs.
+    ref_where = [(t, int(p)) for t in np.flatnonzero(same) for p in np.flatnonzero(ref_mask[t])]
+    their_where = [(t, int(p)) for t in np.flatnonzero(same) for p in np.flatnonzero(their_mask[t])]
+    names = sorted((n for n in ref if stage_order(n) is not None), key=stage_order)
+    extra = sorted(n for n in theirs if stage_order(n) is not None and n not in ref)
+    unknown = sorted(n for n in theirs if stage_order(n) is None and n not in IDS)
+    if extra:
+        notes.append(f"not in the reference, not compared: {', '.join(extra)}")
+    if unknown:
+        notes.append(f"not documented stage names, ignored: {', '.join(unknown)}")
+    if not any(stage_order(n) is not None or n in IDS for n in theirs):
+        raise InputError(f"theirs holds none of the documented tensor names (input_ids, attention_mask, "
+                         f"hidden_states.N, last_hidden_state, pooled.cls, pooled.mean, embedding); it holds: "
+                         f"{', '.join(sorted(theirs)) or 'nothing'}")
+    rows = []
+    for name in names:
+        t = tol.get(_kind(name))
+        if name not in theirs:
+            rows.append(_row(name, t, skipped="not in theirs"))
+        elif not same.any():
+            rows.append(_row(name, t, skipped="no text tokenized alike"))
+        else:
+            rows.append(_compare_one(name, ref[name], theirs[name], ref_where, their_where, their_mask.shape, t))
+    return Report(title, rows, ref_mask.shape, dict(meta or {}), tokens, notes)
+
+
+def _row(stage, tol, problem="", skipped="") -> Row:
+    nan = float("nan")
+    return Row(stage, nan, nan, nan, nan, (None, None, None), tol, problem, skipped)
+
+
+def _compare_one(name, r, a, ref_where, their_where, their_bs, tol) -> Row:
+    """One stage: shape and dtype checks, then the gathered token (or text) vectors compared."""
+    r, a = np.asarray(r), np.asarray(a)
+    if r.dtype.kind != "f":
+        raise InputError(f"reference {name}: dtype {r.dtype} is not a float type")
+    if a.dtype.kind != "f":
+        return _row(name, tol, problem=f"dtype {a.dtype} is not a float type")
+    pooled = r.ndim == 2
+    want = (their_bs[0], r.shape[-1]) if pooled else their_bs + (r.shape[-1],)
+    if a.shape != want:
+        return _row(name, tol, problem=f"shape {a.shape}, expected {want} (reference {r.shape})")
+    if pooled:
+        texts = sorted({t for t, _ in ref_where})
+        rv, av, where = r[texts], a[texts], [(t, _pooled_token(name)) for t in texts]
+    else:
+        (rt, rp), (at, ap) = np.array(ref_where).T, np.array(their_where).T
+        rv, av, where = r[rt, rp], a[at, ap], ref_where                   # (N, D) each
+    if not np.isfinite(rv).all():
+        raise InputError(f"reference {name}: holds NaN or Inf on real tokens; the reference is unusable")
+    bad = ~np.isfinite(av)
+    if bad.any():
+        n, dim = np.argwhere(bad)[0]
+        return _row(name, tol, problem=f"{int(bad.sum())} NaN/Inf values on real tokens, the first at (text, token, "
+                                       f"dim) {_where(tuple(where[n]) + (int(dim),))}")
+    return _diff_vectors(name, av, rv, where, tol)
 
 
 # -- the two implementations ----------------------------------------------------------------------
-def run_ours(embedder, batch) -> dict:
-    """bge_ref's hidden states and its pooled, normalized cls and mean embeddings."""
-    last, states = embedder.forward(**batch, output_hidden_states=True)
-    pooled = {p: unit(embedder.pool(last, batch["attention_mask"], p)) for p in ("cls", "mean")}
-    return {"states": states, **pooled}
+def _layout(batch, hidden_states, pooled, embedding) -> dict:
+    """A run in the documented layout, from a batch, L+1 hidden states, raw pooled vectors and the embedding."""
+    run = {k: np.asarray(batch[k]) for k in IDS if k in batch}
+    run.update({f"hidden_states.{i}": h for i, h in enumerate(hidden_states)})
+    run["last_hidden_state"] = hidden_states[-1]
+    run.update({f"pooled.{p}": v for p, v in pooled.items()})
+    run["embedding"] = embedding
+    return run
+
+
+def run_ours(embedder, batch, pooling=None) -> dict:
+    """bge_ref's run on a tokenized batch, in the documented layout (embedding: `pooling`, default the checkpoint's)."""
+    last, hidden = embedder.forward(**batch, output_hidden_states=True)
+    pooled = {p: embedder.pool(last, batch["attention_mask"], p) for p in POOLINGS}
+    return _layout(batch, hidden, pooled, unit(pooled[pooling or embedder.pooling]))
 
 
 def _torch():
@@ -152,60 +368,64 @@ def _torch():
     return torch, transformers
 
 
-def load_transformers(directory):
-    """transformers' BertModel (no pooler, eval mode, float32) from a checkpoint directory."""
+def load_transformers(directory, **config):
+    """transformers' BertModel (no pooler, eval mode, float32) from a checkpoint directory; `config`
+    overrides config.json entries (hidden_act=..., layer_norm_eps=...)."""
     _, transformers = _torch()
-    return transformers.BertModel.from_pretrained(str(directory), add_pooling_layer=False).eval()
+    return transformers.BertModel.from_pretrained(str(directory), add_pooling_layer=False, **config).eval()
 
 
-def run_transformers(model, batch, dtype="float32") -> dict:
-    """transformers' hidden states, and cls / mean pooling done in torch as sentence-transformers does.
+def run_transformers(model, batch, dtype="float32", pooling="cls") -> dict:
+    """transformers' run in the documented layout; pooling done in torch as sentence-transformers does.
     The model is cast to `dtype` in place (as model.double() does)."""
     torch, _ = _torch()
     model.to(getattr(torch, dtype))
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
+        out = model(**{k: torch.from_numpy(np.array(batch[k])) for k in IDS if k in batch},  # a copy: dumps are read-only
+                    output_hidden_states=True)
         h = out.last_hidden_state                                       # (B, S, D)
-        m = torch.from_numpy(batch["attention_mask"]).unsqueeze(-1).to(h.dtype)  # (B, S, 1)
-        mean = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        pooled = {"cls": torch.nn.functional.normalize(h[:, 0], dim=-1),
-                  "mean": torch.nn.functional.normalize(mean, dim=-1)}
-    return {"states": [s.numpy() for s in out.hidden_states], **{k: v.numpy() for k, v in pooled.items()}}
+        m = torch.from_numpy(np.array(batch["attention_mask"])).unsqueeze(-1).to(h.dtype)  # (B, S, 1)
+        pooled = {"cls": h[:, 0], "mean": (h * m).sum(1) / m.sum(1).clamp(min=1e-9)}
+        embedding = torch.nn.functional.normalize(pooled[pooling], dim=-1)
+    return _layout(batch, [s.numpy() for s in out.hidden_states], {k: v.numpy() for k, v in pooled.items()},
+                   embedding.numpy())
 
 
 # -- the checks -----------------------------------------------------------------------------------
-def compare(model, texts=None, dtype="float32", *, hf_model=None, batch=None) -> Report:
+def compare(model, texts=None, dtype="float32", *, hf_model=None, batch=None, forward=None) -> Report:
     """bge_ref against transformers on one tokenized batch, in `dtype`: a Report of one Row per stage.
 
     model: a checkpoint directory (or an Embedder already loaded in `dtype`). hf_model: a loaded
     transformers BertModel to reuse (cast to `dtype` in place); by default loaded from the directory.
+    forward: bge_ref.load's forward= ("fast" | "reference"); by default load's own default.
     """
     from .embedder import Embedder, load
     if dtype not in TOLERANCES:
         raise InputError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
     _torch()  # fail before the (possibly slow) load if torch is missing
-    ours = model if isinstance(model, Embedder) else load(model, dtype=dtype)
+    ours = model if isinstance(model, Embedder) else load(model, dtype=dtype, **({"forward": forward} if forward else {}))
     if ours.dtype != np.dtype(dtype):
         raise InputError(f"the Embedder computes in {ours.dtype}, but dtype={dtype!r} was asked for")
     batch = batch if batch is not None else ours.tokenize(list(texts or DEFAULT_TEXTS))
     hf = hf_model if hf_model is not None else load_transformers(ours.name)
-    rows = diff_outputs(run_ours(ours, batch), run_transformers(hf, batch, dtype), batch["attention_mask"],
-                        TOLERANCES[dtype])
-    return Report(f"bge_ref vs transformers, {dtype}", rows, batch["input_ids"].shape,
-                  {"model": ours.name, "dtype": dtype})
+    ref = run_transformers(hf, batch, dtype, ours.pooling)
+    meta = {"model": ours.name, "dtype": dtype} | ({"forward": forward} if forward else {})
+    return compare_stages(ref, run_ours(ours, batch), TOLERANCES[dtype], title=f"bge_ref vs transformers, {dtype}",
+                          meta=meta)
 
 
-def oracle_study(runs: dict, mask) -> dict[str, Report]:
+def oracle_study(runs: dict, mask=None) -> dict[str, Report]:
     """Parity in both dtypes, then the float64 oracle study: the float32 error of each implementation
     against bge_ref float64 (which agrees with transformers float64 to ~1e-14), stage by stage.
-    `runs` holds run outputs keyed ("ours" | "torch", "float32" | "float64") on one batch (four_runs)."""
-    oracle, shape = runs["ours", "float64"], np.shape(mask)
-    parity = {dt: Report(f"bge_ref vs transformers, {dt}", diff_outputs(runs["ours", dt], runs["torch", dt], mask,
-                                                                     TOLERANCES[dt]), shape) for dt in TOLERANCES}
+    `runs` holds runs keyed ("ours" | "torch", "float32" | "float64") on one batch (four_runs); each
+    carries its attention_mask, so `mask` is not needed (accepted for older callers)."""
+    oracle = runs["ours", "float64"]
+    parity = {dt: compare_stages(runs["torch", dt], runs["ours", dt], TOLERANCES[dt], title=f"bge_ref vs transformers, {dt}")
+              for dt in TOLERANCES}
     return {
         "float32": parity["float32"], "float64": parity["float64"],
-        "ours32": Report("bge_ref float32 vs float64 oracle", diff_outputs(runs["ours", "float32"], oracle, mask), shape),
-        "torch32": Report("transformers float32 vs float64 oracle", diff_outputs(runs["torch", "float32"], oracle, mask), shape),
+        "ours32": compare_stages(oracle, runs["ours", "float32"], title="bge_ref float32 vs float64 oracle"),
+        "torch32": compare_stages(oracle, runs["torch", "float32"], title="transformers float32 vs float64 oracle"),
     }
 
 
@@ -215,15 +435,102 @@ def four_runs(directory, batch) -> dict:
     import gc
 
     from .embedder import load
+    pooling = load(directory).pooling
     hf = load_transformers(directory)
-    runs = {("torch", "float32"): run_transformers(hf, batch, "float32"),
-            ("torch", "float64"): run_transformers(hf, batch, "float64")}  # model.double(), in place
+    runs = {("torch", "float32"): run_transformers(hf, batch, "float32", pooling),
+            ("torch", "float64"): run_transformers(hf, batch, "float64", pooling)}  # model.double(), in place
     del hf
     gc.collect()
     for dtype in ("float32", "float64"):
         runs["ours", dtype] = run_ours(load(directory, dtype=dtype), batch)
         gc.collect()
     return runs
+
+
+# -- reference files ------------------------------------------------------------------------------
+def config_hash(config) -> str:
+    """A short hash of the sizes and eps a BertConfig holds: two dumps of one model share it."""
+    text = json.dumps(asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _vocab(directory) -> list | None:
+    """The tokenizer's tokens by id (tokenizer.json's WordPiece vocabulary and added tokens), or None."""
+    from .st_config import read_json
+    try:
+        spec = read_json(Path(directory) / "tokenizer.json", {})
+    except BgeRefError:
+        return None
+    table = dict((spec.get("model") or {}).get("vocab") or {})
+    table.update({t["content"]: t["id"] for t in spec.get("added_tokens") or [] if "content" in t and "id" in t})
+    if not table:
+        return None
+    vocab = [None] * (max(table.values()) + 1)
+    for token, i in table.items():
+        vocab[i] = token
+    return vocab
+
+
+def reference(model, texts, dtype="float64") -> tuple[dict, dict]:
+    """(tensors, metadata) of a reference run of `texts`: every stage of bge_ref in `dtype`, one padded batch."""
+    from . import __version__
+    from .embedder import Embedder, load
+    if str(dtype) not in ("float32", "float64"):
+        raise InputError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    ours = model if isinstance(model, Embedder) else load(model, dtype=dtype)
+    texts = list(texts)
+    batch = ours.tokenize(texts)
+    run = run_ours(ours, batch)
+    vocab = _vocab(ours.name)
+    meta = {"format": FORMAT, "model": ours.name, "config": json.dumps(asdict(ours.config)),
+            "config_hash": config_hash(ours.config), "bge_ref_version": __version__, "dtype": str(ours.dtype),
+            "pooling": ours.pooling, "max_length": str(ours.max_length),
+            "texts": json.dumps(texts, ensure_ascii=False)} | ({"vocab": json.dumps(vocab, ensure_ascii=False)} if vocab else {})
+    return run, meta
+
+
+def write_reference(path, model, texts, dtype="float64") -> tuple[dict, dict]:
+    """Write reference(model, texts, dtype) to a safetensors file; returns its (tensors, metadata)."""
+    from .dump import write_safetensors
+    run, meta = reference(model, texts, dtype)
+    write_safetensors(path, run, meta)
+    return run, meta
+
+
+def tolerance(spec) -> tuple[dict, str]:
+    """(tolerances, label) for a --tolerance value: a preset name or one max abs diff for every stage."""
+    if spec in PRESETS:
+        return PRESETS[spec], spec
+    try:
+        x = float(spec)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not x > 0 or not np.isfinite(x):
+        raise InputError(f"--tolerance must be one of {', '.join(PRESETS)} or a positive number (max abs diff), "
+                         f"got {spec!r}")
+    return {"hidden": x, "embedding": x}, f"{x:g}"
+
+
+def compare_dumps(ref_path, their_path, tol="float32") -> Report:
+    """`bge-ref compare`: a reference dump against theirs (.safetensors or .npz)."""
+    from .dump import read_dump
+    tols, label = tolerance(tol)
+    ref, ref_meta = read_dump(ref_path)
+    theirs, their_meta = read_dump(their_path)
+    a, b = ref_meta.get("config_hash"), their_meta.get("config_hash")
+    if a and b and a != b:
+        raise InputError(f"{their_path} was written for another model config (config_hash {b}, "
+                         f"{their_meta.get('model', '?')}) than {ref_path} ({a}, {ref_meta.get('model', '?')})")
+    try:
+        vocab = json.loads(ref_meta["vocab"]) if "vocab" in ref_meta else None
+    except json.JSONDecodeError:
+        vocab = None
+    meta = {"reference": str(ref_path), "theirs": str(their_path), "tolerance": label,
+            **{k: ref_meta[k] for k in ("model", "dtype", "config_hash") if k in ref_meta}}
+    try:
+        return compare_stages(ref, theirs, tols, vocab=vocab, meta=meta)
+    except InputError as e:
+        raise InputError(f"{their_path} vs {ref_path}: {e}") from None
 
 
 # -- printing -------------------------------------------------------------------------------------
@@ -234,12 +541,15 @@ def _cos(gap: float) -> str:
 def format_table(rows: list[Row], title: str = "", markdown: bool = False) -> str:
     """One line per stage: max abs, max rel, rms, worst cosine, where (text, token, dim) [, tolerance, ok]."""
     head = ["stage", "max abs diff", "max rel diff", "rms diff", "worst cos", "where (text, token, dim)"]
-    body = [[r.stage, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.rms:.2e}", _cos(r.one_minus_cos),
-             "({}, {}, {})".format(*("-" if v is None else v for v in r.where))] for r in rows]
-    if any(r.tol is not None for r in rows):
+    body = [[r.stage] + (["-"] * 5 if r.problem or r.skipped else
+                         [f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.rms:.2e}", _cos(r.one_minus_cos), _where(r.where)])
+            for r in rows]
+    if any(r.tol is not None or r.problem or r.skipped for r in rows):
         head += ["tol", ""]
         for b, r in zip(body, rows):
-            b += ["-", ""] if r.tol is None else [f"{r.tol:.0e}", "ok" if r.ok else "FAIL"]
+            status = (f"FAIL: {r.problem}" if r.problem else r.skipped if r.skipped else
+                      "" if r.tol is None else "ok" if r.ok else "FAIL")
+            b += ["-" if r.tol is None else f"{r.tol:.0e}", status]
     if markdown:
         lines = ["| " + " | ".join(x) + " |" for x in [head, ["---"] * len(head)] + body]
         return (f"**{title}**\n\n" if title else "") + "\n".join(lines)
@@ -247,39 +557,3 @@ def format_table(rows: list[Row], title: str = "", markdown: bool = False) -> st
     lines = ["  ".join(x[i].rjust(w[i]) if 0 < i < 5 else x[i].ljust(w[i]) for i in range(len(head))).rstrip()
              for x in [head] + body]
     return (f"{title}\n" if title else "") + "\n".join(lines)
-
-
-# -- the command line -----------------------------------------------------------------------------
-def _read_texts(path) -> list[str]:
-    try:
-        texts = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--texts {path}: cannot read ({e})") from None
-    if not texts:
-        raise InputError(f"--texts {path}: no non-empty lines")
-    return texts
-
-
-def _verify(args) -> int:
-    texts = _read_texts(args.texts) if args.texts else DEFAULT_TEXTS
-    report = compare(args.model, texts, args.dtype)
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        B, S = report.shape
-        print(f"{report.meta['model']}: {B} texts padded to {S} tokens, real tokens only")
-        print(report.table())
-        print("PASS" if report.ok else f"FAIL: a stage exceeds the {args.dtype} tolerance", file=sys.stderr)
-    return 0 if report.ok else 1
-
-
-def add_parser(subparsers):
-    """Add `bge-ref verify` to the CLI's subparsers (called by cli.main)."""
-    v = subparsers.add_parser("verify", help="compare every layer with transformers' BertModel (needs torch)")
-    v.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
-    v.add_argument("--texts", help="file with one text per line (default: a built-in mixed batch)")
-    v.add_argument("--dtype", choices=sorted(TOLERANCES), default="float32")
-    v.add_argument("--json", action="store_true", help="print the report as JSON")
-    v.set_defaults(func=_verify)
-    return v

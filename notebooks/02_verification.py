@@ -23,7 +23,7 @@
 #   float32 difference is rounding, and whose rounding it is.
 #
 # The numbers come from [`bge_ref.verify`](../bge_ref/verify.py) (the library behind `bge-ref verify`):
-# `four_runs` runs bge_ref and transformers in float32 and float64 on one batch, `diff_outputs` compares
+# `four_runs` runs bge_ref and transformers in float32 and float64 on one batch, `compare_stages` compares
 # two runs stage by stage on real (unpadded) tokens. The asserts make this notebook fail if parity breaks.
 
 # %%
@@ -106,15 +106,14 @@ mask = batch["attention_mask"]
 real = mask.astype(bool)                                         # (B, S)
 print("batch", batch["input_ids"].shape, f"{real.sum()} real tokens, {(~real).sum()} padding")
 
-runs = verify.four_runs(directory, batch)   # {("ours" | "torch", "float32" | "float64"): {"states", "cls", "mean"}}
+runs = verify.four_runs(directory, batch)   # {("ours" | "torch", "float32" | "float64"): {"hidden_states.0", ..., "embedding"}}
 pairs = {  # (ours, reference, tolerances or None)
     "bge_ref f32 vs transformers f32": (runs["ours", "float32"], runs["torch", "float32"], verify.TOLERANCES["float32"]),
     "bge_ref f32 vs float64 oracle": (runs["ours", "float32"], runs["ours", "float64"], verify.TOLERANCES["float32"]),
     "transformers f32 vs float64 oracle": (runs["torch", "float32"], runs["ours", "float64"], None),
     "bge_ref f64 vs transformers f64": (runs["ours", "float64"], runs["torch", "float64"], verify.TOLERANCES["float64"]),
 }
-reports = {name: verify.Report(name, verify.diff_outputs(a, b, mask, tol), batch["input_ids"].shape)
-           for name, (a, b, tol) in pairs.items()}
+reports = {name: verify.compare_stages(b, a, tol, title=name) for name, (a, b, tol) in pairs.items()}
 print()
 print(reports["bge_ref f32 vs transformers f32"].table())
 
@@ -126,7 +125,7 @@ print(reports["bge_ref f32 vs transformers f32"].table())
 
 # %%
 L = c.num_hidden_layers
-hidden = {name: [row for row in rep.rows if row.stage.startswith(("embeddings", "layer"))]  # states 0..L
+hidden = {name: [row for row in rep.rows if row.stage.startswith("hidden_states.")]  # states 0..L
           for name, rep in reports.items()}
 max_abs = {name: np.array([row.max_abs for row in rows]) for name, rows in hidden.items()}
 max_rel = {name: np.array([row.max_rel for row in rows]) for name, rows in hidden.items()}
@@ -166,9 +165,9 @@ save(fig, "error_growth.png")
 # multiples of that, shown here against the typical size of a value.
 
 # %%
-final = {name: (a["states"][-1].astype(np.float64) - b["states"][-1])[real].ravel()
+final = {name: (a["last_hidden_state"].astype(np.float64) - b["last_hidden_state"])[real].ravel()
          for name, (a, b, _) in pairs.items()}
-typical = np.median(np.abs(runs["ours", "float64"]["states"][-1][real]))
+typical = np.median(np.abs(runs["ours", "float64"]["last_hidden_state"][real]))
 print(f"last hidden state: {final[next(iter(final))].size} numbers, median |value| {typical:.3f}; "
       f"float32 rounds such a value by up to {typical * 2.0**-24:.1e}\n")
 for name in list(pairs)[:3]:
@@ -200,9 +199,9 @@ from sentence_transformers import SentenceTransformer
 
 st = SentenceTransformer(str(directory), device="cpu")
 pooling = model.pooling
-emb = {"float64 oracle": runs["ours", "float64"][pooling], "transformers f32": runs["torch", "float32"][pooling],
+emb = {"float64 oracle": runs["ours", "float64"]["embedding"], "transformers f32": runs["torch", "float32"]["embedding"],
        "sentence-transformers f32": st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)}
-ours = runs["ours", "float32"][pooling]
+ours = runs["ours", "float32"]["embedding"]
 check("bge_ref run (verify)  vs  model.encode", ours, model.encode(texts), rtol=1e-6)
 one_minus_cos = {}
 for name, ref in emb.items():

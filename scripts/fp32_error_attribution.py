@@ -25,7 +25,7 @@ import bge_ref  # noqa: E402
 from bge_ref.erf import gelu  # noqa: E402
 from bge_ref.fast import attention, layer_norm  # noqa: E402  (the ops as the default forward computes them)
 from tests.checkpoints import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert  # noqa: E402
-from bge_ref.verify import run_ours, run_transformers  # noqa: E402
+from bge_ref.verify import run_ours, run_transformers, states  # noqa: E402
 
 
 def err(y, ref):
@@ -86,7 +86,7 @@ def matmul_swapped(embedder, batch, how):
                       if isinstance(p, list) else np.ascontiguousarray(p).view(M))
     saved, embedder.params = embedder.params, wrap(embedder.params)
     try:
-        return [np.asarray(s).view(np.ndarray) for s in run_ours(embedder, batch)["states"]]
+        return [np.asarray(s).view(np.ndarray) for s in states(run_ours(embedder, batch))]
     finally:
         embedder.params = saved
 
@@ -103,8 +103,8 @@ def main(argv=None) -> int:
         print("\n".join(op_table(e32.params["layers"][0])), "\n")
         batch = e32.tokenize(BGE_LARGE_TEXTS)
         real = batch["attention_mask"].astype(bool)
-        oracle = run_ours(bge_ref.load(d, dtype="float64"), batch)["states"]
-        runs = {"bge_ref": run_ours(e32, batch)["states"], "transformers": run_transformers(hf, batch)["states"],
+        oracle = states(run_ours(bge_ref.load(d, dtype="float64"), batch))
+        runs = {"bge_ref": states(run_ours(e32, batch)), "transformers": states(run_transformers(hf, batch)),
                 "bge_ref, torch matmul": matmul_swapped(e32, batch, "torch"),
                 "bge_ref, exact matmul": matmul_swapped(e32, batch, "exact")}
     rms = lambda s, i: np.sqrt(np.mean((s[i][real].astype(np.float64) - oracle[i][real]) ** 2))

@@ -10,7 +10,7 @@ import torch
 
 import bge_ref
 from tests.checkpoints import BGE_LARGE_TEXTS, TINY_CONFIG, make_bge_large_random, make_random_bert, minilm_dir
-from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, diff_outputs, four_runs, oracle_study, run_ours
+from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, compare_stages, four_runs, oracle_study, run_ours
 
 torch.set_num_threads(2)
 
@@ -77,8 +77,7 @@ def reference_vs_fast(directory, batch, dtype, fast_run=None) -> Report:
     if fast_run is None:
         fast_run = run_ours(bge_ref.load(directory, dtype=dtype), batch)
     ref_run = run_ours(bge_ref.load(directory, dtype=dtype, forward="reference"), batch)
-    return Report(f"fast vs reference, {dtype}", diff_outputs(fast_run, ref_run, batch["attention_mask"],
-                                                               TOLERANCES[dtype]), batch["input_ids"].shape)
+    return compare_stages(ref_run, fast_run, TOLERANCES[dtype], title=f"fast vs reference, {dtype}")
 
 
 @pytest.fixture(scope="session")

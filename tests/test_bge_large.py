@@ -31,7 +31,7 @@ def test_batch_is_padded_with_a_512_token_text(bge_large):
 def test_parity_with_transformers(bge_large, dtype):
     report = bge_large["reports"][dtype]
     print(report.table())
-    assert len(report.rows) == 25 + 1 + 2
+    assert len(report.rows) == 25 + 1 + 3  # hidden_states.0-24, last_hidden_state, pooled.cls/mean, embedding
     assert report.ok, report.table()
     if dtype == "float64":
         assert report.worst("hidden") <= 1e-10
@@ -46,5 +46,5 @@ def test_float32_error_no_larger_than_torch(bge_large):
     for a, b in zip(ours.rows, torch32.rows):
         print(f"{a.stage:10s} rms ours {a.rms:.3e} torch {b.rms:.3e} ratio {a.rms / b.rms:.3f}")
     for a, b in zip(ours.rows, torch32.rows):
-        assert a.rms <= (1.25 if a.stage in ("cls", "mean") else 1.10) * b.rms, a.stage
+        assert a.rms <= (1.25 if a.stage in ("pooled.cls", "pooled.mean", "embedding") else 1.10) * b.rms, a.stage
         assert a.max_abs <= 2 * b.max_abs, a.stage

@@ -39,7 +39,7 @@ def test_minilm_fast_matches_reference_on_a_padded_batch(minilm_path, dtype):
 def test_bge_large_fast_matches_reference_with_a_512_token_text(bge_large, dtype):
     report = bge_large["reports"]["paths", dtype]       # computed in the session fixture (tests/conftest.py)
     print(report.table())
-    assert report.shape == (2, 512) and len(report.rows) == 25 + 1 + 2
+    assert report.shape == (2, 512) and len(report.rows) == 25 + 1 + 3  # hidden_states.0-24, last, pooled x2, embedding
     assert report.ok, report.table()
 
 

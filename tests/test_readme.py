@@ -4,7 +4,8 @@ Blocks run in order in one fresh interpreter per block, in a temporary directory
 $BGE_REF_MODEL pointing at the real all-MiniLM-L6-v2 (the README's default, bge-large-en-v1.5, is
 not reachable offline). A block that calls a server at http://localhost:8080 runs against a real
 `bge-ref serve` of MiniLM on a free loopback port (only the port is changed), with the API token
-variables the examples read set to its key.
+variables the examples read set to its key. The compare walk-through's Python step runs between its two
+commands: `bge-ref reference` first (on MiniLM), `bge-ref compare` after, which must pass.
 """
 import json
 import re
@@ -43,9 +44,23 @@ def test_python_block_runs_as_pasted(index, minilm_path, tmp_path, request):
         srv = request.getfixturevalue("served")
         code = code.replace(SERVER, srv.base)
         env.update(CLOUDFLARE_API_TOKEN=KEY, CLOUDFLARE_AUTH_TOKEN=KEY)
+    walkthrough = 'load_file("ref.safetensors")' in code
+    if walkthrough:  # step 1, as the README's command writes it, on MiniLM
+        cli("reference", "--model", str(minilm_path), "--texts", "hello world", "Café au lait", "-o", "ref.safetensors",
+            cwd=tmp_path)
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        env=subprocess_env(**env))
     assert r.returncode == 0, f"README python block {index} failed:\n{code}\n{r.stderr[-3000:]}"
+    if walkthrough:  # step 3: bge_ref's float32 stand-in passes against its float64 reference
+        out = cli("compare", "ref.safetensors", "mine.safetensors", cwd=tmp_path)
+        assert out.stdout.strip().splitlines()[-1].startswith("PASS"), out.stdout
+
+
+def cli(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "bge_ref", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                       env=subprocess_env())
+    assert r.returncode == 0, f"bge-ref {' '.join(args)}: {r.stderr}"
+    return r
 
 
 def test_quick_start_embed_command(minilm, tmp_path):
