@@ -2,7 +2,6 @@
 resume after SIGKILL, refusal of another job's output, progress, bounded memory."""
 import io
 import json
-import os
 import re
 import signal
 import subprocess
