@@ -106,7 +106,8 @@ def main(argv=None) -> int:
                    help="record bad lines in OUTPUT.bad.jsonl instead of stopping (rows' lines: OUTPUT.lines.npy)")
     c.add_argument("--overwrite", action="store_true", help="delete any earlier run's output and start over")
     c.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
-                   help="run on a Ray cluster: ADDRESS, else a running one, else a local one (bge-ref[ray])")
+                   help="run on a Ray cluster: ADDRESS, else a running one, else a local one (bge-ref[ray]); "
+                   "put it after INPUT, or write --ray=ADDRESS")
     c.add_argument("--actors", type=int, help="with --ray: embedding actors (default: the cluster's CPUs - 1)")
     c.add_argument("--window", type=int, default=2048, help="texts sorted by length together (default 2048, as encode)")
     c.add_argument("--chunk-tokens", type=int, default=8192,

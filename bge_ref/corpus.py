@@ -554,9 +554,12 @@ def run_ray(address, src, pending, parts, job, model, actors, progress):
         raise InputError(f"--ray needs Ray Data: {RAY_EXTRA}") from None
     if not pending:
         return
+    import logging
+    level = logging.ERROR if progress.quiet else logging.WARNING  # Ray's INFO lines would bury ours
     connected_here = not ray.is_initialized()
     if connected_here:  # a bare --ray joins a running cluster (RAY_ADDRESS, `ray start`) or starts one
-        ray.init(address=None if address is True else address, log_to_driver=False)
+        ray.init(address=None if address is True else address, log_to_driver=False, logging_level=level)
+    logging.getLogger("ray.data").setLevel(level)
     try:
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < 2:
