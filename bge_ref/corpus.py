@@ -453,6 +453,8 @@ def embed_corpus(input, output, *, model=None, text_field="text", pooling=None, 
     for name, v in (("batch_size", batch_size), ("window", window), ("chunk_tokens", chunk_tokens),
                     ("chunk_texts", chunk_texts)):
         _positive(name, v)
+    if actors is not None:
+        _positive("actors", actors)
     paths = Paths(Path(output))
     if paths.out.suffix != ".npy":
         raise InputError(f"{output}: the output must be a .npy file")
