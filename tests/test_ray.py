@@ -1,7 +1,9 @@
 """embed-corpus --ray on a real local Ray cluster (127.0.0.1, 2 CPUs, 2 actors of half a CPU each)."""
-import io
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,7 +12,7 @@ import psutil
 import pytest
 
 from bge_ref.corpus import embed_corpus
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 from tests.test_corpus import corpus_texts, write_txt
 
 
@@ -34,15 +36,20 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_ray_equals_the_local_command(ray_cluster, tmp_path, minilm_path, minilm):
-    """2,000 texts on MiniLM: within 1e-6 of encode(), which the local command equals bit for bit
-    (test_corpus); Ray forms the same windows and batches, but with one BLAS thread per actor."""
+    """2,000 texts on MiniLM, the command joining the cluster by its address: within 1e-6 of encode(),
+    which the local command equals bit for bit (test_corpus). Ray forms the same windows and batches,
+    but runs them on one BLAS thread per actor."""
     texts = corpus_texts(2000, seed=10, max_words=10)
     src = write_txt(tmp_path / "c.txt", texts)
-    log = io.StringIO()
-    out = embed_corpus(src, tmp_path / "r.npy", model=minilm_path, ray=True, actors=2, window=256,
-                       progress_every=0, stream=log)
-    assert out["status"] == "complete" and out["shape"] == [2000, 384]
-    assert "on Ray: 8 windows, 2 actors of 0.5 CPUs (1 BLAS thread each)" in log.getvalue()
+    address = ray_cluster.get_runtime_context().gcs_address
+    r = subprocess.run([sys.executable, "-m", "bge_ref", "embed-corpus", str(src), "-o", str(tmp_path / "r.npy"),
+                        "--model", str(minilm_path), f"--ray={address}", "--actors", "2", "--window", "256",
+                        "--progress-every", "0"], capture_output=True, text=True, timeout=900, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"output": str(tmp_path / "r.npy"), "shape": [2000, 384], "skipped": 0,
+                                    "status": "complete"}
+    assert "embed-corpus: on Ray: 8 windows, 2 actors of 0.5 CPUs (1 BLAS thread each)" in r.stderr
+    assert "embed-corpus: 100.0% 2,000/2,000 texts" in r.stderr
     np.testing.assert_allclose(np.load(tmp_path / "r.npy", mmap_mode="r"), minilm.encode(texts), atol=1e-6, rtol=0)
     assert not (tmp_path / "r.npy.parts").exists()
 
