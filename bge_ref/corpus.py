@@ -572,7 +572,8 @@ def run_ray(address, src, pending, parts, job, model, actors, progress):
         threads = max(1, int(per_actor))
         env = {k: str(threads) for k in ("BGE_REF_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         # A checkpoint directory must be a path every node sees; a hub id is found in each node's cache.
-        model_ref = str(model) if model is not None else os.environ.get("BGE_REF_MODEL") or job["model"]["path"]
+        from .hub import DEFAULT_MODEL
+        model_ref = str(model) if model is not None else os.environ.get("BGE_REF_MODEL") or DEFAULT_MODEL
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours is on stderr
         specs = [{"window": w, "offset": o, "number": n, "count": c} for w, o, n, c in pending]
