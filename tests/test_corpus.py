@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bge_ref
-from bge_ref.corpus import CorpusError, embed_corpus
+from bge_ref.corpus import CorpusError, embed_corpus, plan_chunks
 from bge_ref.errors import InputError
 from tests.checkpoints import TINY_CONFIG, make_random_bert
 from tests.conftest import subprocess_env
@@ -65,6 +65,14 @@ def test_encode_stream_errors_name_the_text(tiny_model):
         next(tiny_model.encode_stream("one text"))
     with pytest.raises(InputError, match=r"in texts\[4:6\]: texts\[1\] is a int"):
         list(tiny_model.encode_stream(["a"] * 5 + [7], window=4, batch_size=2))
+
+
+def test_chunks_are_whole_sorted_batches_within_the_budgets():
+    lengths = [5, 50, 7, 9, 30, 12, 3, 40, 8, 6]
+    # Sorted: 3 5 | 6 7 | 8 9 | 12 30 | 40 50, padded costs 10, 14, 18, 60, 100 tokens.
+    assert plan_chunks(lengths, 2, 40, 1024) == [[6, 0, 9, 2], [8, 3], [5, 4], [7, 1]]  # a batch over budget alone
+    assert plan_chunks(lengths, 2, 10_000, 4) == [[6, 0, 9, 2], [8, 3, 5, 4], [7, 1]]
+    assert plan_chunks([], 2, 40, 4) == []
 
 
 # -- the job, locally ------------------------------------------------------------------------------
