@@ -55,8 +55,15 @@ def test_ray_equals_the_local_command(ray_cluster, tmp_path, minilm_path, minilm
 
 
 def _actor_pids():
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("_WindowEmbedder" in part for part in (p.info["cmdline"] or []))]
+    """The embedding actors of this test's cluster (its raylet, and so its workers, descend from us)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("_WindowEmbedder" in part for part in p.cmdline()):
+                found.append(p.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found
 
 
 @pytest.mark.slow
