@@ -65,6 +65,17 @@ def _info(args) -> int:
     return 0
 
 
+def _embed_corpus(args) -> int:
+    from .corpus import embed_corpus
+    summary = embed_corpus(args.input, args.output, model=args.model, text_field=args.text_field,
+                           pooling=args.pooling, query=args.query, batch_size=args.batch_size,
+                           skip_bad=args.skip_bad, overwrite=args.overwrite, ray=args.ray, actors=args.actors,
+                           window=args.window, chunk_tokens=args.chunk_tokens, quiet=args.quiet,
+                           progress_every=args.progress_every)
+    print(json.dumps(summary))
+    return 0
+
+
 def _serve(args) -> int:
     from .embedder import load
     from .server import Settings, serve, served_names  # a BgeRefError naming the serve extra if it is missing
@@ -207,6 +218,28 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="print the resolved config, pooling and max length")
     i.add_argument("--model")
     i.set_defaults(func=_info)
+    c = sub.add_parser("embed-corpus", help="embed a .txt/.jsonl/.parquet corpus into one .npy, resumably (README)")
+    c.add_argument("input", help=".txt (one text per line), .jsonl or .parquet (the --text-field)")
+    c.add_argument("-o", "--output", required=True, help="OUTPUT.npy: float32 (n, D) in input order")
+    c.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
+    c.add_argument("--text-field", default="text", help="the .jsonl field or .parquet column (default: text)")
+    c.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
+    c.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--skip-bad", action="store_true",
+                   help="record bad lines in OUTPUT.bad.jsonl instead of stopping (rows' lines: OUTPUT.lines.npy)")
+    c.add_argument("--overwrite", action="store_true", help="delete any earlier run's output and start over")
+    c.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster: ADDRESS, else a running one, else a local one (bge-ref[ray]); "
+                   "put it after INPUT, or write --ray=ADDRESS")
+    c.add_argument("--actors", type=int, help="with --ray: embedding actors (default: the cluster's CPUs - 1)")
+    c.add_argument("--window", type=int, default=2048, help="texts sorted by length together (default 2048, as encode)")
+    c.add_argument("--chunk-tokens", type=int, default=8192,
+                   help="padded tokens per committed chunk: the most work a kill can lose (default 8192)")
+    c.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="when stderr is not a terminal, a progress line this often (default 10)")
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    c.set_defaults(func=_embed_corpus)
     _add_serve(sub)
     _add_check_commands(sub)
     args = p.parse_args(argv)

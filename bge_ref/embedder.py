@@ -187,6 +187,24 @@ class Embedder:
             out = l2_normalize(out)
         return out[0] if single else out
 
+    def encode_stream(self, texts, *, batch_size=32, window=TOKENIZE_CHUNK, **kw):
+        """Embed an iterable of texts of any length without holding it all: yields (n_i, D) arrays,
+        in input order, one per `window` texts read (at least batch_size). Other keywords (pooling,
+        normalize, prompt, truncate) are encode's. With the default window the batches are formed as
+        encode forms them, so the rows equal encode(list(texts)) bit for bit; else within 1e-6."""
+        from itertools import islice
+        if isinstance(texts, (str, bytes)):
+            raise InputError("encode_stream needs an iterable of texts, not a single str; use encode() for one text")
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+            raise InputError(f"window must be a positive int, got {window!r}")
+        it, size, lo = iter(texts), max(window, batch_size if isinstance(batch_size, int) else 1), 0
+        while items := list(islice(it, size)):
+            try:
+                yield self.encode(items, batch_size=batch_size, **kw)
+            except InputError as e:  # encode names a text by its place in this window
+                raise InputError(f"in texts[{lo}:{lo + len(items)}]: {e}") from None
+            lo += len(items)
+
     def encode_queries(self, texts, **kw):
         """encode() with bge's retrieval instruction prepended, for short queries against passages."""
         kw.setdefault("prompt", QUERY_INSTRUCTION)
