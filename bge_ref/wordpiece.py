@@ -78,7 +78,7 @@ def is_punctuation(c: str) -> bool:
 
 def lowercase(c: str) -> str:
     """One character lowercased, as Rust's char::to_lowercase: no context, so a final sigma stays σ."""
-    cp = unicode_tables.LOWERCASE_16_0.get(ord(c))
+    cp = unicode_tables.LOWERCASE_AFTER_13_0.get(ord(c))
     return chr(cp) if cp is not None else c.lower()
 
 
