@@ -72,13 +72,9 @@ def is_chinese_char(c: str) -> bool:
     return any(lo <= ord(c) <= hi for lo, hi in CJK)
 
 
-def is_punctuation(c: str) -> bool:
-    return c in ASCII_PUNCTUATION or ord(c) in PUNCTUATION
-
-
-def lowercase(c: str) -> str:
+def to_lowercase(c: str) -> str:
     """One character lowercased, as Rust's char::to_lowercase: no context, so a final sigma stays σ."""
-    cp = unicode_tables.LOWERCASE_16_0.get(ord(c))
+    cp = unicode_tables.LOWERCASE_AFTER_13_0.get(ord(c))
     return chr(cp) if cp is not None else c.lower()
 
 
@@ -126,7 +122,7 @@ def _clean_and_space_cjk(c: str, clean_text: bool, handle_chinese_chars: bool) -
 def _strip_mark_and_lower(c: str, strip_accents: bool, lower: bool) -> str:
     if strip_accents and ord(c) in NONSPACING_MARK:
         return ""
-    return lowercase(c) if lower else c
+    return to_lowercase(c) if lower else c
 
 
 class _CharTable(dict):
@@ -150,7 +146,8 @@ def _normalizer_tables(clean_text, handle_chinese_chars, strip_accents, lower):
 
 # -- BertPreTokenizer --------------------------------------------------------------------------------
 def bert_pre_tokenizer(text: str) -> list[str]:
-    """BertPreTokenizer: split at whitespace (dropped), then each punctuation character is a word."""
+    """BertPreTokenizer: split at whitespace (dropped), then each punctuation character (ASCII's, and
+    the P* categories of Unicode 8.0) is a word of its own."""
     return _pre_tokenizer_regex().findall(text)
 
 

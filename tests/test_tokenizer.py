@@ -1,9 +1,12 @@
 """Our tokenization, with either backend, against transformers' AutoTokenizer on the real all-MiniLM-L6-v2
 (bge's vocabulary); the backend choice of load()."""
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 import bge_ref
@@ -20,6 +23,11 @@ def model(request, minilm_path):
     m = bge_ref.load(minilm_path, tokenizer=request.param)
     assert m.tokenizer.backend == request.param
     return m
+
+
+@pytest.fixture(scope="module")
+def python_minilm(minilm_path):
+    return bge_ref.load(minilm_path, tokenizer="python")
 
 
 def test_batch_matches_autotokenizer(model, minilm_path):
@@ -49,9 +57,9 @@ def test_pieces_are_the_vocabulary_entries(model, minilm_path):
         assert model.tokenizer.encode([text])[0].tokens == ref.convert_ids_to_tokens(ref(text)["input_ids"])
 
 
-def test_python_backend_embeds_as_tokenizers_does(minilm, minilm_path):
+def test_python_backend_embeds_as_tokenizers_does(minilm, python_minilm):
     # Same ids give the same forward pass: bit-identical vectors, through every entry point.
-    py = bge_ref.load(minilm_path, tokenizer="python")
+    py = python_minilm
     texts = [TEXTS[0], "[CLS] x [MASK]", "Führer 東京 🦙"]
     np.testing.assert_array_equal(py.encode(texts, batch_size=2), minilm.encode(texts, batch_size=2))
     assert py.count_tokens(MORE) == minilm.count_tokens(MORE)
@@ -80,3 +88,21 @@ def test_tokenizer_choice(minilm_path, monkeypatch):
     assert bge_ref.load(minilm_path).tokenizer.backend == "python"
     with pytest.raises(BgeRefError, match="needs the tokenizers package: pip install tokenizers"):
         bge_ref.load(minilm_path, tokenizer="tokenizers")
+
+
+words = st.lists(st.text(st.sampled_from("abcdeéü東🦙.,'-[]MASK"), min_size=1, max_size=12), min_size=1, max_size=40)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=words, sep=st.sampled_from([" ", "  ", "\n", "\t", " \u3000 "]), repeat=st.integers(200, 3000))
+def test_python_prefix_cut_equals_full_truncation(minilm, python_minilm, parts, sep, repeat):
+    long = sep.join(parts * (repeat // len(parts) + 1))
+    assert python_minilm.tokenizer.encode([long])[0].ids == minilm.tokenizer._cut.encode(long).ids
+
+
+def test_python_tokenizer_is_thread_safe(minilm, python_minilm):
+    # One word cache and one character table shared by the threads; each text keeps its own ids.
+    texts = [f"{i} Über naïve {chr(0x4E00 + i)} " + "word" * (i % 7) + " [MASK]" * (i % 3) for i in range(400)]
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda t: python_minilm.tokenizer.encode([t])[0].ids, texts))
+    assert ids == [e.ids for e in minilm.tokenizer.encode(texts)]
