@@ -77,14 +77,14 @@ def test_chunks_are_whole_sorted_batches_within_the_budgets():
 
 # -- the job, locally ------------------------------------------------------------------------------
 def test_corpus_equals_encode_bit_for_bit(tmp_path, minilm_path, minilm):
-    texts = corpus_texts(100, seed=2, max_words=30)
+    texts = corpus_texts(64, seed=2, max_words=30)
     src = write_txt(tmp_path / "c.txt", texts)
     # Small chunks: many commits, yet the batches are encode()'s, so the bits are too.
-    out = embed_corpus(src, tmp_path / "c.npy", model=minilm_path, chunk_tokens=256, quiet=True)
-    assert out == {"output": str(tmp_path / "c.npy"), "shape": [100, 384], "skipped": 0, "status": "complete"}
+    out = embed_corpus(src, tmp_path / "c.npy", model=minilm_path, batch_size=8, chunk_tokens=256, quiet=True)
+    assert out == {"output": str(tmp_path / "c.npy"), "shape": [64, 384], "skipped": 0, "status": "complete"}
     got = np.load(tmp_path / "c.npy", mmap_mode="r")
-    assert got.dtype == np.float32 and got.shape == (100, 384)
-    assert np.array_equal(got, minilm.encode(texts))
+    assert got.dtype == np.float32 and got.shape == (64, 384)
+    assert np.array_equal(got, minilm.encode(texts, batch_size=8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.manifest.json", "c.npy", "c.txt"]
     # Other batches (a smaller sort window), --query, --pooling cls: within 1e-6.
     embed_corpus(src, tmp_path / "q.npy", model=minilm_path, window=40, batch_size=8, query=True, pooling="cls",
