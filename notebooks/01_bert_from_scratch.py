@@ -156,7 +156,9 @@ print("                template", spec["template"])
 # holds none, so it goes on whole; a masked-language-model prompt shows a match.
 
 # %%
-added = {t.content: t for t in spec["added_tokens"] if not t.normalized}  # BERT's: matched in the raw text
+# BERT's special tokens are matched in the raw text; an added token marked "normalized" would be
+# matched after stage 2, in the normalized text (WordPieceTokenizer.piece_ids does both).
+added = {t.content: t for t in spec["added_tokens"] if not t.normalized}
 print(W.added_vocabulary(sentence, added))
 print(W.added_vocabulary("Paris is the [MASK] of France.", added))
 
@@ -190,9 +192,10 @@ print("identical to tokenizers' BertPreTokenizer")
 
 # %% [markdown]
 # **Stage 4, WordPiece.** Each word is cut greedily: the longest vocabulary entry that starts it, then
-# the longest entry that continues it (written with the prefix `##`), and so on. A word that has a part
-# no entry matches (the emoji: no entry holds it) becomes the single token `[UNK]`; so does a word longer
-# than `max_input_chars_per_word` characters. The whole algorithm:
+# the longest entry that continues it (written with the prefix `##`), and so on: "tokenizers", not in the
+# vocabulary, becomes `token ##izer ##s`. A word that has a part no entry matches (the emoji: no entry
+# holds it) becomes the single token `[UNK]`; so does a word longer than `max_input_chars_per_word`
+# characters. The whole algorithm:
 
 # %%
 show(W.wordpiece)
