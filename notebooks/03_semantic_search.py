@@ -26,7 +26,6 @@
 
 # %%
 # Load bge_ref (the reference here is sentence-transformers, loaded below).
-import math
 import os
 import warnings
 from pathlib import Path
@@ -39,7 +38,6 @@ import torch
 import transformers
 
 import bge_ref
-from bge_ref import model as M          # the block functions: embeddings, self_attention, layer, ...
 from bge_ref.hub import resolve
 
 torch.set_num_threads(2)

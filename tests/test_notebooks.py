@@ -4,7 +4,7 @@ and each committed .ipynb is its jupytext source (notebooks/NN_name.py), built a
 Each notebook is built from its source, executed in memory (nothing is written back: the kernel runs in a temporary
 directory and BGE_REF_FIGURES is unset, so no figure is saved), and any cell error fails the test.
 The notebooks assert their own comparisons against transformers, so a parity break fails here too.
-Needs the `notebooks` extra (matplotlib, nbclient, nbformat, ipykernel) besides `test`.
+Needs the `notebooks` extra (matplotlib, nbclient, nbformat, ipykernel, jupytext) besides `test`.
 """
 import os
 import time
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes about a minute on MiniLM
 
 
 def build_module():
@@ -30,7 +31,6 @@ def build_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes well under a minute on MiniLM
 
 
 def test_notebooks_exist():
