@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import BgeRefError, InputError
 
@@ -113,7 +114,7 @@ def _add_serve(sub):
 def _texts_file(path) -> list[str]:
     """One text per line of a UTF-8 file; a blank line is an error naming it (every line is one text)."""
     try:
-        raw = open(path, "rb").read()
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise InputError(f"--texts-file {path}: cannot read ({e.strerror})") from None
     texts = []
@@ -166,9 +167,8 @@ def _reference(args) -> int:
 def _compare(args) -> int:
     from .verify import compare_dumps
     report = compare_dumps(args.reference, args.theirs, args.tolerance)
-    B, S = report.shape
-    return _print_report(report, args.json, f"{args.theirs} against {args.reference}: {B} texts, real tokens only; "
-                                             f"tolerance {report.meta['tolerance']}")
+    header = f"{args.theirs} against {args.reference}: {report.shape[0]} texts, real tokens only; tolerance "
+    return _print_report(report, args.json, header + report.meta["tolerance"])
 
 
 def _add_check_commands(sub):

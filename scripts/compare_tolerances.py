@@ -23,7 +23,6 @@ compare-tolerances and compare-example markers of README.md. About 8 minutes, 6 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
