@@ -1,0 +1,196 @@
+"""gemm.matmul: the semantics of `x @ w`, both paths (ctypes BLAS and NumPy-only), and its accuracy
+claim: rms and max error at most torch.matmul's at the projections of bge-large and MiniLM, on this
+machine's OpenBLAS kernel and under the Haswell kernel when the machine's own is a higher one."""
+import ctypes
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bge_ref import gemm
+from tests.conftest import subprocess_env
+
+# (name, K, M, input kind) of every projection, N = 1024 tokens: bge-large (D 1024, F 4096), MiniLM (D 384, F 1536)
+PROJECTIONS = [("bge-large qkv", 1024, 3072, "ln"), ("bge-large attn_out", 1024, 1024, "ln"),
+               ("bge-large inter", 1024, 4096, "ln"), ("bge-large out", 4096, 1024, "gelu"),
+               ("MiniLM qkv", 384, 1152, "ln"), ("MiniLM attn_out", 384, 384, "ln"),
+               ("MiniLM inter", 384, 1536, "ln"), ("MiniLM out", 1536, 384, "gelu")]
+
+
+def projection_inputs(N, K, M, kind, seed=0):
+    """x (N, K), w (K, M) float32 as a projection sees them: x a LayerNorm output (per-feature gain
+    and shift) or a GELU output (non-negative mean, long right tail); w at BERT's init scale."""
+    rng = np.random.default_rng(seed)
+    if kind == "gelu":
+        h = rng.normal(0, 1, (N, K))
+        x = h / (1 + np.exp(-1.702 * h))                  # (N, K) GELU's sigmoid form, close enough for rounding
+    else:
+        x = rng.normal(0, 1, (N, K)) * (1 + 0.2 * rng.normal(size=K)) + 0.2 * rng.normal(size=K)
+    w = rng.normal(0, 0.03, (K, M))
+    return x.astype(np.float32), w.astype(np.float32)
+
+
+def errors(y, x, w):
+    """rms and max abs error of the float32 product y against the float64 product of the same inputs."""
+    d = np.abs(y - x.astype(np.float64) @ w.astype(np.float64))
+    return float(np.sqrt(np.mean(d * d))), float(d.max())
+
+
+def accuracy_ratios(seed=0):
+    """{projection: (rms ratio, max ratio)} of gemm.matmul's error to torch.matmul's, N = 1024."""
+    torch.set_num_threads(2)
+    out = {}
+    for name, K, M, kind in PROJECTIONS:
+        x, w = projection_inputs(1024, K, M, kind, seed)
+        (r, m), (tr, tm) = errors(gemm.matmul(x, w), x, w), errors((torch.from_numpy(x) @ torch.from_numpy(w)).numpy(), x, w)
+        out[name] = (r / tr, m / tm)
+    return out
+
+
+AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS kernels above Haswell
+
+
+def blas_kernel():
+    from threadpoolctl import threadpool_info
+    return next(i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas")
+
+
+# -- semantics --
+
+@pytest.fixture(params=["blas", "numpy"])
+def path(request, monkeypatch):
+    """Run a test through the ctypes BLAS path and through the NumPy-only fallback."""
+    if request.param == "blas":
+        assert gemm.blas() is not None, "NumPy's OpenBLAS cblas_sgemm was not found"
+    else:
+        monkeypatch.setattr(gemm, "_blas", None)
+        monkeypatch.setattr(gemm, "_blas_product", None)  # a call to it would fail loudly
+    return request.param
+
+
+def close_to_matmul(y, x, w):
+    """y equals x @ w up to float32 rounding of the sums: within 4 eps * sum |x| |w| per element."""
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    bound = 4 * np.finfo(np.float32).eps * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)))
+    np.testing.assert_array_less(np.abs(y - ref), bound + 1e-30)
+
+
+@pytest.mark.parametrize("N, K, M", [(1, 1024, 3072), (3, 129, 5), (17, 1000, 33), (64, 2100, 40), (5, 4096, 1), (2, 8, 3)])
+def test_same_as_matmul(path, N, K, M):
+    rng = np.random.default_rng(N + K + M)
+    x, w = rng.normal(size=(N, K)).astype(np.float32), rng.normal(size=(K, M)).astype(np.float32)
+    y = gemm.matmul(x, w)
+    assert type(y) is np.ndarray and y.dtype == np.float32 and y.shape == (N, M) and y.flags.c_contiguous
+    close_to_matmul(y, x, w)
+    if K <= gemm.CHUNK:                                   # nothing to chunk: x @ w itself
+        np.testing.assert_array_equal(y, x @ w)
+
+
+@pytest.mark.parametrize("group", [gemm.GROUP, 2])
+def test_every_chunk_and_group_counted_once(path, group, monkeypatch):
+    """Small integers sum exactly in float32 in any order, so the result must be exact: each row
+    of x selects different chunks of w (a chunk dropped or added twice would show)."""
+    monkeypatch.setattr(gemm, "GROUP", group)
+    K = 5 * gemm.CHUNK + 7                                # 6 chunks, the last one short; 3 groups of 2
+    x = (np.arange(4 * K).reshape(4, K) % (2 + np.arange(4))[:, None] == 0).astype(np.float32)
+    w = (np.arange(K * 3).reshape(K, 3) % 7).astype(np.float32)
+    np.testing.assert_array_equal(gemm.matmul(x, w), x.astype(np.float64) @ w)
+
+
+def test_views_and_copies(path):
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(40, 700)).astype(np.float32)
+    wbig = rng.normal(size=(600, 90)).astype(np.float32)
+    cases = [(big[3:20, 50:650], wbig[:, 10:70]),         # row strides wider than the rows
+             (big[::2, :600], wbig[:, ::3]),              # every other row; w with a column stride: copied
+             (np.asfortranarray(big[:, :600]), wbig),     # column-major x: copied
+             (big[:, :600].astype(">f4"), wbig),          # big-endian: copied
+             (big[:5, :600], wbig.astype(np.float16)),    # float32 @ float16 is float32: widened
+             (np.broadcast_to(big[:1, :600], (9, 600)), wbig)]  # row stride 0: copied
+    for x, w in cases:
+        y = gemm.matmul(x, w)
+        assert y.dtype == (x @ w).dtype == np.float32 and y.shape == (x @ w).shape
+        close_to_matmul(y, np.asarray(x, np.float32), np.asarray(w, np.float32))
+
+
+def test_out(path):
+    rng = np.random.default_rng(2)
+    x, w = rng.normal(size=(6, 300)).astype(np.float32), rng.normal(size=(300, 7)).astype(np.float32)
+    out = np.full((6, 7), np.nan, np.float32)             # beta = 0 must overwrite NaN, not scale it
+    assert gemm.matmul(x, w, out=out) is out
+    close_to_matmul(out, x, w)
+    wide = np.full((6, 20), np.nan, np.float32)
+    assert gemm.matmul(x, w, out=wide[:, 5:12]) is not None  # a strided view, written in place
+    close_to_matmul(wide[:, 5:12], x, w)
+    assert np.isnan(wide[:, :5]).all() and np.isnan(wide[:, 12:]).all()  # nothing written outside the view
+    out64 = np.zeros((6, 7))
+    assert gemm.matmul(x, w, out=out64) is out64 and out64.dtype == np.float64
+    close_to_matmul(out64, x, w)
+    colmajor = np.zeros((6, 7), np.float32, order="F")
+    gemm.matmul(x, w, out=colmajor)
+    close_to_matmul(colmajor, x, w)
+    with pytest.raises(ValueError):
+        gemm.matmul(x, w, out=np.zeros((6, 8), np.float32))
+    with pytest.raises(TypeError):
+        gemm.matmul(x, w, out=np.zeros((6, 7), np.int32))
+
+
+def test_out_overlapping_an_input(path):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 300)).astype(np.float32)
+    expected = a @ a
+    b = a.copy()
+    assert gemm.matmul(a, a, out=a) is a                  # written only after the product is complete
+    close_to_matmul(a, b, b)
+
+
+def test_everything_else_is_np_matmul(path):
+    rng = np.random.default_rng(4)
+    x64, w64 = rng.normal(size=(5, 300)), rng.normal(size=(300, 4))
+    np.testing.assert_array_equal(gemm.matmul(x64, w64), x64 @ w64)  # float64: the oracle's path, untouched
+    x16, w16 = x64.astype(np.float16), w64.astype(np.float16)
+    assert gemm.matmul(x16, w16).dtype == np.float16
+    stack = rng.normal(size=(2, 5, 300)).astype(np.float32)
+    np.testing.assert_array_equal(gemm.matmul(stack, w64.astype(np.float32)), stack @ w64.astype(np.float32))
+    v = x64[0].astype(np.float32)
+    np.testing.assert_array_equal(gemm.matmul(v, w64.astype(np.float32)), v @ w64.astype(np.float32))
+    np.testing.assert_array_equal(gemm.matmul(np.zeros((0, 300), np.float32), w64.astype(np.float32)), np.zeros((0, 4)))
+    with pytest.raises(ValueError):
+        gemm.matmul(x64.astype(np.float32), w64[:299].astype(np.float32))
+
+
+# -- finding the BLAS --
+
+def test_finds_numpys_openblas_with_its_integer_width():
+    from threadpoolctl import threadpool_info
+    sgemm, config = gemm.find_sgemm()
+    numpys = next(i for i in threadpool_info() if i["internal_api"] == "openblas")
+    assert numpys["version"] in config and numpys["architecture"] in config  # the OpenBLAS NumPy calls
+    assert (sgemm.argtypes[3] is ctypes.c_int64) == ("USE64BITINT" in config.split())
+
+
+# -- the accuracy claim --
+
+def test_error_no_larger_than_torch():
+    ratios = accuracy_ratios()
+    worse = {k: v for k, v in ratios.items() if max(v) > 1.0}
+    assert not worse, f"{blas_kernel()} kernel: (rms, max) error / torch's above 1 at {worse}"
+
+
+def test_error_no_larger_than_torch_under_the_haswell_kernel():
+    """OpenBLAS's Haswell kernel (AVX2 machines), forced in a child process when this machine's
+    kernel is an AVX-512 one; elsewhere this repeats the test above on the machine's own kernel."""
+    if blas_kernel() not in AVX512_KERNELS:           # Haswell or lower: forcing Haswell could not run
+        ratios = accuracy_ratios()
+    else:
+        code = "import json; from tests.test_gemm import accuracy_ratios, blas_kernel; print(json.dumps([blas_kernel(), accuracy_ratios()]))"
+        run = subprocess.run([sys.executable, "-c", code], env=subprocess_env(OPENBLAS_CORETYPE="Haswell"),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        kernel, ratios = json.loads(run.stdout.strip().splitlines()[-1])
+        assert kernel == "Haswell"
+    worse = {k: v for k, v in ratios.items() if max(v) > 1.0}
+    assert not worse, f"Haswell kernel: (rms, max) error / torch's above 1 at {worse}"
