@@ -4,17 +4,20 @@ Why: a float32 matmul's error is the rounding of its sums over K. Each BLAS kern
 products in a register, then adds the run to C. OpenBLAS's sgemm sums long runs (at bge-large's
 projection shapes its rms error is 1.4x torch's (MKL) with its SkylakeX kernel, 1.2x with its
 Haswell kernel), and that alone made bge_ref's float32 forward 1.36x transformers' error
-(scripts/fp32_error_attribution.py). torch's MKL here sums runs of 192.
+(scripts/fp32_error_attribution.py). torch's MKL on the AMD EPYC sums runs of 192 (this module
+with CHUNK = 192 and one group gives its results bit for bit).
 
 How: one BLAS call per chunk of CHUNK columns of x (rows of w), each adding its product into C
-(beta = 1: no extra pass over the output, the kernel adds while C is in its registers). A run then
-holds CHUNK products whatever the BLAS kernel, so the result no longer depends on which kernel
-OpenBLAS picked for the CPU. For long K the sequential sum of many chunk results would grow its own
-error (it shows in the max error at K = 4096), so chunks are summed GROUP at a time into separate
-partial sums, added at the end (one extra pass over the output per GROUP * CHUNK of K).
+(beta = 1: the kernel adds its sums into C as it stores them, no extra pass over the output). A run
+then holds at most CHUNK products whatever the kernel, so the error no longer depends on which
+kernel OpenBLAS picked for the CPU. For long K the sequential sum of many chunk results grows an
+error of its own (it shows in the max error at K = 4096), so chunks are summed GROUP at a time into
+separate partial sums, added at the end (one extra pass over the output per GROUP * CHUNK of K).
 
-Measured (benchmarks/gemm_bench.py): rms error 0.82-0.87x torch's and max error below torch's at
-bge-large's and MiniLM's projections, on both kernels, for ~5-15% more CPU time than `x @ w`.
+Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
+kernels): rms error 0.81-0.85x torch's, max error 0.71-0.97x; 3-18% more CPU time than `x @ w`.
+The price in wall time is one OpenBLAS thread barrier per chunk: cheap on an idle machine, not on
+an oversubscribed one (there, rows split over Python threads with single-threaded BLAS do better).
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
@@ -122,19 +125,21 @@ def _eligible(x, w, out):
     return True
 
 
+def _blas_layout(a):
+    """True if BLAS can address the 2-D a as row-major float32 with a leading dimension: native
+    byte order, aligned, unit column stride, a row stride that is a whole number of floats >= the width."""
+    return (a.dtype == np.float32 and a.dtype.isnative and a.flags.aligned and a.strides[1] == 4
+            and a.strides[0] % 4 == 0 and a.strides[0] >= 4 * a.shape[1])
+
+
 def _operand(a):
-    """a as float32 (native byte order, aligned) with unit column stride and a row stride >= its width."""
-    if (a.dtype == np.float32 and a.dtype.isnative and a.flags.aligned and a.strides[1] == 4
-            and a.strides[0] % 4 == 0 and a.strides[0] >= 4 * a.shape[1]):
-        return a
-    return np.ascontiguousarray(a, np.float32)
+    """a itself if BLAS can read it in place, else a contiguous float32 copy."""
+    return a if _blas_layout(a) else np.ascontiguousarray(a, np.float32)
 
 
 def _writable_by_blas(out, x, w):
-    """True if sgemm may write out in place: float32 rows of unit stride, not overlapping an input."""
-    return (out.dtype == np.float32 and out.dtype.isnative and out.flags.aligned and out.strides[1] == 4
-            and out.strides[0] % 4 == 0 and out.strides[0] >= 4 * out.shape[1]
-            and not np.may_share_memory(out, x) and not np.may_share_memory(out, w))
+    """True if sgemm may write out in place: a BLAS layout, not overlapping an input."""
+    return _blas_layout(out) and not np.may_share_memory(out, x) and not np.may_share_memory(out, w)
 
 
 def _fits(sgemm, *arrays):
