@@ -36,7 +36,7 @@ import numpy as np
 CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
 
-ROW_MAJOR, NO_TRANS = 101, 111  # CBLAS enums
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
 # and 32-bit builds), NumPy 1.2x (openblas64_), a NumPy linked to a system OpenBLAS.
 SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_openblas_get_config64_"), ("scipy_cblas_sgemm", "scipy_openblas_get_config"),
@@ -47,13 +47,14 @@ def matmul(x, w, out=None):
     """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK.
 
     Anything else (float64, float16 @ float16, stacks of matrices, vectors, subclasses, K <= CHUNK,
-    empty shapes, shape errors) is np.matmul itself. Non-contiguous or mixed float16/float32
-    operands are copied to float32 first; an `out` that BLAS cannot write directly (other dtype,
-    strided, overlapping an input) receives a copy of the result.
+    empty shapes, shape errors) is np.matmul itself. Operands with rows or columns of unit stride
+    (row-major, or transposed views such as checkpoint.py's weights) are read in place, others are
+    copied to float32 first; an `out` that BLAS cannot write directly (other dtype, columns not of
+    unit stride, overlapping an input) receives a copy of the result.
     """
     if not _eligible(x, w, out):
         return np.matmul(x, w, out=out)
-    x, w = _operand(x), _operand(w)                       # (N, K), (K, M) float32, rows of unit stride
+    x, w = _operand(x), _operand(w)                       # (N, K), (K, M) float32, rows or columns of unit stride
     N, M = x.shape[0], w.shape[1]
     y = out if out is not None and _writable_by_blas(out, x, w) else np.empty((N, M), np.float32)  # (N, M)
     sgemm = blas()
@@ -90,8 +91,9 @@ def _blas_product(sgemm):
     """acc = xk @ wk (first) or acc += xk @ wk in one sgemm call: beta = 1 adds inside the kernel."""
     def add_product(xk, wk, acc, first):
         (N, k), M = xk.shape, wk.shape[1]
-        sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, N, M, k, 1.0, xk.ctypes.data, xk.strides[0] // 4,
-              wk.ctypes.data, wk.strides[0] // 4, 0.0 if first else 1.0, acc.ctypes.data, acc.strides[0] // 4)
+        (ta, lda), (tb, ldb) = _blas_layout(xk), _blas_layout(wk)
+        sgemm(ROW_MAJOR, ta, tb, N, M, k, 1.0, xk.ctypes.data, lda, wk.ctypes.data, ldb,
+              0.0 if first else 1.0, acc.ctypes.data, acc.strides[0] // 4)
     return add_product
 
 
@@ -126,10 +128,15 @@ def _eligible(x, w, out):
 
 
 def _blas_layout(a):
-    """True if BLAS can address the 2-D a as row-major float32 with a leading dimension: native
-    byte order, aligned, unit column stride, a row stride that is a whole number of floats >= the width."""
-    return (a.dtype == np.float32 and a.dtype.isnative and a.flags.aligned and a.strides[1] == 4
-            and a.strides[0] % 4 == 0 and a.strides[0] >= 4 * a.shape[1])
+    """(NO_TRANS, ld) if BLAS can address the 2-D float32 a as a row-major matrix with leading
+    dimension ld, (TRANS, ld) if as the transpose of one, None if neither: native byte order,
+    aligned, one axis of unit stride, the other a whole number of floats >= the extent of the first."""
+    if a.dtype != np.float32 or not a.dtype.isnative or not a.flags.aligned:
+        return None
+    for trans, (rows, cols) in [(NO_TRANS, (0, 1)), (TRANS, (1, 0))]:
+        if a.strides[cols] == 4 and a.strides[rows] % 4 == 0 and a.strides[rows] >= 4 * max(1, a.shape[cols]):
+            return trans, a.strides[rows] // 4
+    return None
 
 
 def _operand(a):
@@ -138,14 +145,14 @@ def _operand(a):
 
 
 def _writable_by_blas(out, x, w):
-    """True if sgemm may write out in place: a BLAS layout, not overlapping an input."""
-    return _blas_layout(out) and not np.may_share_memory(out, x) and not np.may_share_memory(out, w)
+    """True if sgemm may write out in place: row-major for BLAS, not overlapping an input."""
+    return (_blas_layout(out) or (None,))[0] == NO_TRANS and not np.may_share_memory(out, x) and not np.may_share_memory(out, w)
 
 
 def _fits(sgemm, *arrays):
     """True if every dimension and row stride fits the BLAS's integer type."""
     limit = np.iinfo(np.int64 if sgemm.argtypes[3] is ctypes.c_int64 else np.int32).max
-    return all(max(a.shape + (a.strides[0] // 4,)) <= limit for a in arrays)
+    return all(max(a.shape + (_blas_layout(a)[1],)) <= limit for a in arrays)
 
 
 # -- finding NumPy's OpenBLAS --

@@ -5,6 +5,7 @@ import ctypes
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -22,15 +23,16 @@ PROJECTIONS = [("bge-large qkv", 1024, 3072, "ln"), ("bge-large attn_out", 1024,
 
 def projection_inputs(N, K, M, kind, seed=0):
     """x (N, K), w (K, M) float32 as a projection sees them: x a LayerNorm output (per-feature gain
-    and shift) or a GELU output (non-negative mean, long right tail); w at BERT's init scale."""
+    and shift) or a GELU output (non-negative mean, long right tail); w at BERT's init scale and,
+    as checkpoint.py gives it, the transposed view of a row-major (M, K) matrix."""
     rng = np.random.default_rng(seed)
     if kind == "gelu":
         h = rng.normal(0, 1, (N, K))
         x = h / (1 + np.exp(-1.702 * h))                  # (N, K) GELU's sigmoid form, close enough for rounding
     else:
         x = rng.normal(0, 1, (N, K)) * (1 + 0.2 * rng.normal(size=K)) + 0.2 * rng.normal(size=K)
-    w = rng.normal(0, 0.03, (K, M))
-    return x.astype(np.float32), w.astype(np.float32)
+    w = rng.normal(0, 0.03, (M, K)).astype(np.float32).T
+    return x.astype(np.float32), w
 
 
 def errors(y, exact):
@@ -118,13 +120,22 @@ def test_every_chunk_and_group_counted_once(path, group, monkeypatch):
 def test_views_and_copies(path):
     rng = np.random.default_rng(1)
     big = rng.normal(size=(40, 700)).astype(np.float32)
-    wbig = rng.normal(size=(600, 90)).astype(np.float32)
-    cases = [(big[3:20, 50:650], wbig[:, 10:70]),         # row strides wider than the rows
-             (big[::2, :600], wbig[:, ::3]),              # every other row; w with a column stride: copied
-             (np.asfortranarray(big[:, :600]), wbig),     # column-major x: copied
-             (big[:, :600].astype(">f4"), wbig),          # big-endian: copied
-             (big[:5, :600], wbig.astype(np.float16)),    # float32 @ float16 is float32: widened
-             (np.broadcast_to(big[:1, :600], (9, 600)), wbig)]  # row stride 0: copied
+    x, w = projection_inputs(40, 600, 90, "ln")          # w a transposed view, as checkpoint.py's weights
+    in_place = [big[3:20, 50:650],                       # row stride wider than the rows
+                big[::2, :600],                          # every other row
+                np.asfortranarray(big[:, :600]),         # column-major: BLAS reads its transpose
+                w, w[:, 7:50], w[100:300], w[:, ::3]]    # transposed views and their slices
+    for a in in_place:
+        assert gemm._operand(a) is a                     # no copy
+    copied = [w[::2], big[:, ::2],                       # no axis of unit stride
+              big[:, :600].astype(">f4"),                # big-endian
+              np.broadcast_to(big[:1, :600], (9, 600)),  # row stride 0
+              w.astype(np.float16)]                      # float32 @ float16 is float32: widened
+    for a in copied:
+        assert gemm._operand(a) is not a and gemm._operand(a).flags.c_contiguous
+    cases = [(big[3:20, 50:650], w), (big[::2, :600], w[:, 7:50]), (np.asfortranarray(big[:, :600]), w),
+             (x[:, ::2], w[::2]), (x, w[:, ::3]), (big[:, :600].astype(">f4"), w), (np.broadcast_to(big[:1, :600], (9, 600)), w),
+             (x[:5], w.astype(np.float16)), (x[:, 100:300], w[100:300]), (x[:1], w)]
     for x, w in cases:
         y = gemm.matmul(x, w)
         assert y.dtype == (x @ w).dtype == np.float32 and y.shape == (x @ w).shape
@@ -184,6 +195,43 @@ def test_finds_numpys_openblas_with_its_integer_width():
     numpys = next(i for i in threadpool_info() if i["internal_api"] == "openblas")
     assert numpys["version"] in config and numpys["architecture"] in config  # the OpenBLAS NumPy calls
     assert (sgemm.argtypes[3] is ctypes.c_int64) == ("USE64BITINT" in config.split())
+
+
+class FakeSymbol:
+    """Stands for a ctypes function of a library: callable, takes restype and argtypes."""
+    def __init__(self, result=None):
+        self.result = result
+
+    def __call__(self, *args):
+        return self.result
+
+
+@pytest.mark.parametrize("symbols, found", [
+    ({}, None),                                                              # no BLAS symbols at all
+    ({"cblas_sgemm": FakeSymbol()}, None),                                   # a CBLAS without OpenBLAS's config (MKL, Accelerate)
+    ({"cblas_sgemm": FakeSymbol(), "openblas_get_config": FakeSymbol(b"MKL")}, None),
+    ({"cblas_sgemm": FakeSymbol(), "openblas_get_config": FakeSymbol(b"OpenBLAS 0.3.20 DYNAMIC_ARCH Haswell")}, ctypes.c_int32),
+    ({"cblas_sgemm64_": FakeSymbol(), "openblas_get_config64_": FakeSymbol(b"OpenBLAS 0.3.23 USE64BITINT Zen")}, ctypes.c_int64),
+    ({"scipy_cblas_sgemm": FakeSymbol(), "openblas_get_config64_": FakeSymbol(b"OpenBLAS USE64BITINT")}, None),  # not a pair
+])
+def test_finds_sgemm_only_with_openblas_config_and_its_width(symbols, found, monkeypatch):
+    monkeypatch.setattr(gemm, "_candidate_libraries", lambda: [types.SimpleNamespace(**symbols)])
+    result = gemm.find_sgemm()
+    if found is None:
+        assert result is None
+    else:
+        sgemm, config = result
+        assert sgemm.argtypes[3] is sgemm.argtypes[8] is sgemm.argtypes[10] is sgemm.argtypes[13] is found
+        assert config.startswith("OpenBLAS")
+
+
+def test_without_blas_matmul_uses_the_numpy_path(monkeypatch):
+    monkeypatch.setattr(gemm, "_candidate_libraries", lambda: [])
+    monkeypatch.setattr(gemm, "_blas", False)             # looked up again
+    monkeypatch.setattr(gemm, "_blas_product", None)      # a call to it would fail loudly
+    x, w = projection_inputs(8, 1024, 16, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert gemm.blas() is None
 
 
 # -- the accuracy claim --
