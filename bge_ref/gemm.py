@@ -1,7 +1,7 @@
 """`x @ w` in float32 with at most the rounding error of torch's matmul: K summed in short chunks.
 
 Why: a float32 matmul's error is the rounding of its sums over K. Each BLAS kernel sums a run of
-products in a register, then adds the run to C. OpenBLAS's sgemm sums long runs (at bge-large's
+products in a register, then adds the run to C. OpenBLAS's sgemm sums longer runs (at bge-large's
 projection shapes its rms error is 1.4x torch's (MKL) with its SkylakeX kernel, 1.2x with its
 Haswell kernel), and that alone made bge_ref's float32 forward 1.36x transformers' error
 (scripts/fp32_error_attribution.py). torch's MKL on the AMD EPYC sums runs of 192 (this module
@@ -15,7 +15,7 @@ error of its own (it shows in the max error at K = 4096), so chunks are summed G
 separate partial sums, added at the end (one extra pass over the output per GROUP * CHUNK of K).
 
 Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
-kernels): rms error 0.81-0.85x torch's, max error 0.71-0.97x; 3-18% more CPU time than `x @ w`.
+kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 5-15% more CPU time than `x @ w`.
 The price in wall time is one OpenBLAS thread barrier per chunk: cheap on an idle machine, not on
 an oversubscribed one (there, rows split over Python threads with single-threaded BLAS do better).
 

@@ -64,6 +64,7 @@ def accuracy_ratios(seed=0):
 
 
 def above_torch(ratios):
+    """The (path, projection)s of accuracy_ratios() whose rms or max error exceeds torch's."""
     return {f"{path} {name}": (round(r, 3), round(m, 3)) for path, d in ratios.items() for name, (r, m) in d.items() if max(r, m) > 1}
 
 
@@ -71,6 +72,7 @@ AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS kernel
 
 
 def blas_kernel():
+    """The kernel NumPy's OpenBLAS runs (SkylakeX, Haswell, Zen...), as threadpoolctl reads it."""
     from threadpoolctl import threadpool_info
     return next(i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas")
 
