@@ -6,12 +6,12 @@
 
 Per shape (N = 1024 tokens): the rms and max error against the float64 product, as ratios to
 torch.matmul's (2 threads); and the cost as a ratio to plain `x @ w`, measured two ways, each
-interleaved (plain, gemm, plain, ...) and best of --repeat: wall time with BLAS on its threads;
-wall time with the rows split in two halves on two Python threads, BLAS single-threaded in each
-(one synchronization per product: gemm.matmul makes one BLAS call, so one OpenBLAS thread barrier,
-per chunk of K); and CPU time of one thread with BLAS single-threaded (the work done, much less
-disturbed by other processes on a shared machine). The spread column is median / best of the plain
-wall times: how noisy the machine was.
+interleaved (plain, gemm, ...) and best of --repeat: wall time (gemm.matmul as it runs, its rows
+split over the cores with BLAS single-threaded in each block; gemm.matmul with its rows in one
+block, BLAS threading each chunk's call, so an OpenBLAS thread barrier per chunk; plain `x @ w`
+with its rows split the same way as gemm's); and CPU time of one thread with BLAS single-threaded
+(the work itself, much less disturbed by other processes on a shared machine). The spread column
+is median / best of the plain wall times: how noisy the machine was.
 """
 from __future__ import annotations
 
@@ -42,36 +42,37 @@ def timings(fns: dict, repeat: int, clock) -> dict:
     return out
 
 
-def on_row_halves(fn, x, w, y, pool, controller):
-    """fn(x[rows], w, out=y[rows]) for the two halves of the rows on two Python threads, BLAS on one
-    thread each: one synchronization per product instead of one per BLAS call."""
-    halves = [slice(0, len(x) // 2), slice(len(x) // 2, len(x))]
-    with controller.limit(limits=1, user_api="blas"):
-        list(pool.map(lambda s: fn(x[s], w, out=y[s]), halves))
+def one_block(fn):
+    """fn() with gemm's rows in one block: BLAS threads each chunk's call itself."""
+    def run():
+        saved, gemm.MIN_BLOCK_ROWS = gemm.MIN_BLOCK_ROWS, 1 << 40
+        try:
+            fn()
+        finally:
+            gemm.MIN_BLOCK_ROWS = saved
+    return run
 
 
 def rows(repeat: int) -> list[str]:
     import torch
-    from concurrent.futures import ThreadPoolExecutor
-    from threadpoolctl import ThreadpoolController, threadpool_limits
+    from threadpoolctl import threadpool_limits
     torch.set_num_threads(2)
-    pool, controller = ThreadPoolExecutor(2), ThreadpoolController()
     lines = []
     for name, K, M, kind in PROJECTIONS:
         x, w = projection_inputs(1024, K, M, kind)
         exact = x.astype(np.float64) @ w.astype(np.float64)  # (N, M)
         (pr, pm), (gr, gm), (tr, tm) = (errors(y, exact) for y in (x @ w, gemm.matmul(x, w), (torch.from_numpy(x) @ torch.from_numpy(w)).numpy()))
         y = np.empty((1024, M), np.float32)
-        fns = {"plain": lambda: np.matmul(x, w, out=y), "gemm": lambda: gemm.matmul(x, w, out=y)}
-        halves = {"plain halves": lambda: on_row_halves(np.matmul, x, w, y, pool, controller),
-                  "gemm halves": lambda: on_row_halves(gemm.matmul, x, w, y, pool, controller)}
-        wall = timings(fns | halves, repeat, time.perf_counter)
-        with threadpool_limits(1, user_api="blas"):
-            cpu = timings(fns, max(3, repeat // 2), time.thread_time)
+        fns = {"plain": lambda: np.matmul(x, w, out=y), "gemm": lambda: gemm.matmul(x, w, out=y),
+               "plain split": lambda: gemm.on_row_blocks(lambda r: np.matmul(x[r], w, out=y[r]), len(x)),
+               "gemm one block": one_block(lambda: gemm.matmul(x, w, out=y))}
+        wall = timings(fns, repeat, time.perf_counter)
+        with threadpool_limits(1, user_api="blas"):          # one thread: the work itself
+            cpu = timings({k: one_block(fns[k]) for k in ("plain", "gemm")}, max(3, repeat // 2), time.thread_time)
         best = {k: min(v) for k, v in wall.items()}
         lines.append(f"| {name} | {K} x {M} | {pr / tr:.2f} / {pm / tm:.2f} | {gr / tr:.2f} / {gm / tm:.2f} "
                      f"| {best['plain'] * 1e3:.1f} | {best['gemm'] / best['plain']:.2f} "
-                     f"| {best['plain halves'] / best['plain']:.2f} | {best['gemm halves'] / best['plain']:.2f} "
+                     f"| {best['gemm one block'] / best['plain']:.2f} | {best['plain split'] / best['plain']:.2f} "
                      f"| {min(cpu['gemm']) / min(cpu['plain']):.2f} | {np.median(wall['plain']) / best['plain']:.2f} |")
     return lines
 
@@ -83,7 +84,7 @@ def table(repeat: int) -> str:
     head = [f"OpenBLAS kernel {kernel}; gemm.matmul: CHUNK {gemm.CHUNK}, GROUP {gemm.GROUP}, {path}; N = 1024; "
             f"errors vs float64 as ratios to torch.matmul's (rms / max); times best of {repeat}.", "",
             "| projection | K x M | plain error / torch | gemm error / torch | plain ms (wall) | gemm / plain wall "
-            "| plain on row halves / plain wall | gemm on row halves / plain wall | gemm / plain CPU (1 thread) "
+            "| gemm in one block / plain wall | plain split like gemm / plain wall | gemm / plain CPU (1 thread) "
             "| plain wall median / best |", "| --- | --- |" + " ---: |" * 8]
     return "\n".join(head + rows(repeat))
 

@@ -16,8 +16,8 @@ separate partial sums, added at the end (one extra pass over the output per GROU
 
 Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
 kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 5-15% more CPU time than `x @ w`.
-The price in wall time is one OpenBLAS thread barrier per chunk: cheap on an idle machine, not on
-an oversubscribed one (there, rows split over Python threads with single-threaded BLAS do better).
+Threads: the rows are split over the cores, BLAS single-threaded in each block (on_row_blocks),
+so that the threads meet once per product rather than at a BLAS barrier after every chunk.
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
@@ -33,8 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import threads
+
 CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
+MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_row_blocks)
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
@@ -58,8 +61,8 @@ def matmul(x, w, out=None):
     N, M = x.shape[0], w.shape[1]
     y = out if out is not None and _writable_by_blas(out, x, w) else np.empty((N, M), np.float32)  # (N, M)
     sgemm = blas()
-    add_product = _blas_product(sgemm) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product()
-    chunked(x, w, y, add_product)
+    product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
+    on_row_blocks(lambda rows: chunked(x[rows], w, y[rows], product()), N)
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
@@ -79,6 +82,30 @@ def chunked(x, w, y, add_product):
             add_product(x[:, k0:k1], w[k0:k1], acc, k0 == g0)  # (N, k) @ (k, M) into (N, M)
         if g:
             y += part                                     # (N, M)
+
+
+def on_row_blocks(fn, N):
+    """fn(rows) over the N rows: in one block per core on bge_ref's thread pool with BLAS
+    single-threaded, or in this thread with one block of all rows.
+
+    Every chunk is a BLAS call, and a BLAS call spread over several threads ends in a barrier that
+    waits for all of them: on a machine shared with other processes, those waits doubled the
+    forward's time. With the rows split here, the threads meet once per product. The split needs
+    threadpoolctl (the `fast` extra), at least MIN_BLOCK_ROWS rows a block, and the BLAS thread
+    count free to change (threads.blas_limit_lock not held, e.g. by a caller already in a
+    single-threaded block); otherwise BLAS threads each call itself.
+    """
+    blocks = threads.chunks(N, threads.THREADS) if N >= 2 * MIN_BLOCK_ROWS and threads.THREADS > 1 else []
+    if len(blocks) > 1 and threads.blas_limit_lock.acquire(blocking=False):
+        try:
+            limit = threads.blas_single_threaded()
+            if limit is not None:
+                with limit:
+                    threads.run(fn, [(rows,) for rows in blocks])
+                return
+        finally:
+            threads.blas_limit_lock.release()
+    fn(slice(None))
 
 
 def groups(K):

@@ -5,13 +5,14 @@ import ctypes
 import json
 import subprocess
 import sys
+import threading
 import types
 
 import numpy as np
 import pytest
 import torch
 
-from bge_ref import gemm
+from bge_ref import gemm, threads
 from tests.conftest import subprocess_env
 
 # (name, K, M, input kind) of every projection, N = 1024 tokens: bge-large (D 1024, F 4096), MiniLM (D 384, F 1536)
@@ -48,17 +49,17 @@ def numpy_only(x, w):
     return y
 
 
-def accuracy_ratios(seed=0):
+def accuracy_ratios(seed=0, paths=("blas", "numpy")):
     """{path: {projection: (rms ratio, max ratio)}}: gemm.matmul's error over torch.matmul's at
     N = 1024, through NumPy's OpenBLAS ("blas") and through the NumPy-only fallback ("numpy")."""
     torch.set_num_threads(2)
-    out = {"blas": {}, "numpy": {}}
+    out = {p: {} for p in paths}
     for name, K, M, kind in PROJECTIONS:
         x, w = projection_inputs(1024, K, M, kind, seed)
         exact = x.astype(np.float64) @ w.astype(np.float64)  # (N, M)
         tr, tm = errors((torch.from_numpy(x) @ torch.from_numpy(w)).numpy(), exact)
-        for path, y in [("blas", gemm.matmul(x, w)), ("numpy", numpy_only(x, w))]:
-            r, m = errors(y, exact)
+        for path in paths:
+            r, m = errors(gemm.matmul(x, w) if path == "blas" else numpy_only(x, w), exact)
             out[path][name] = (r / tr, m / tm)
     return out
 
@@ -189,6 +190,48 @@ def test_everything_else_is_np_matmul():
         gemm.matmul(x64.astype(np.float32), w64[:299].astype(np.float32))
 
 
+# -- threads --
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, monkeypatch):
+    """Blocks of rows on bge_ref's pool, BLAS single-threaded: the same numbers as one block
+    (a row's sums do not depend on the other rows), and every row written."""
+    monkeypatch.setattr(threads, "THREADS", n_threads)
+    x, w = projection_inputs(1001, 1024, 300, "ln")
+    calls = []
+    run = threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
+    split = gemm.matmul(x, w, out=np.full((1001, 300), np.nan, np.float32))
+    assert calls == [n_threads]
+    monkeypatch.setattr(gemm, "MIN_BLOCK_ROWS", 10**6)
+    np.testing.assert_array_equal(split, gemm.matmul(x, w))
+    assert calls == [n_threads]                          # one block: no pool
+    close_to_matmul(split, x, w)
+
+
+def test_no_split_while_the_blas_thread_count_is_held(path, monkeypatch):
+    """A caller already holding threads.blas_limit_lock (a single-threaded block) gets one block, not a deadlock."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    x, w = projection_inputs(600, 300, 50, "ln")
+    with threads.blas_limit_lock:
+        y = gemm.matmul(x, w)
+    close_to_matmul(y, x, w)
+
+
+def test_called_from_the_pool_itself(monkeypatch):
+    """gemm.matmul inside bge_ref's pool workers, several at once: no deadlock, right products."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    x, w = projection_inputs(600, 300, 50, "ln")
+    results = []
+    worker = threading.Thread(target=lambda: results.extend(threads.run(lambda i: gemm.matmul(x[i:], w), [(i,) for i in range(4)])))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "deadlock"
+    for i, y in enumerate(results):
+        close_to_matmul(y, x[i:], w)
+    assert len(results) == 4
+
+
 # -- finding the BLAS --
 
 def test_finds_numpys_openblas_with_its_integer_width():
@@ -249,9 +292,9 @@ def test_error_no_larger_than_torch_under_the_haswell_kernel():
     """OpenBLAS's Haswell kernel (AVX2 machines), forced in a child process when this machine's
     kernel is an AVX-512 one; elsewhere this repeats the test above on the machine's own kernel."""
     if blas_kernel() not in AVX512_KERNELS:           # Haswell or lower: forcing Haswell could not run
-        ratios = accuracy_ratios()
+        ratios = accuracy_ratios(paths=["blas"])
     else:
-        code = "import json; from tests.test_gemm import accuracy_ratios, blas_kernel; print(json.dumps([blas_kernel(), accuracy_ratios()]))"
+        code = "import json; from tests.test_gemm import accuracy_ratios, blas_kernel; print(json.dumps([blas_kernel(), accuracy_ratios(paths=['blas'])]))"
         run = subprocess.run([sys.executable, "-c", code], env=subprocess_env(OPENBLAS_CORETYPE="Haswell"),
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
