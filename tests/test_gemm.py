@@ -194,8 +194,9 @@ def test_everything_else_is_np_matmul():
 
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, monkeypatch):
-    """Blocks of rows on bge_ref's pool, BLAS single-threaded: the same numbers as one block
-    (a row's sums do not depend on the other rows), and every row written."""
+    """Blocks of rows on bge_ref's pool, BLAS single-threaded: every row written, the product as
+    with one block up to rounding (bit for bit with the SkylakeX kernel, not with Haswell's, whose
+    edge tiles sum in another order)."""
     monkeypatch.setattr(threads, "THREADS", n_threads)
     x, w = projection_inputs(1001, 1024, 300, "ln")
     calls = []
@@ -203,10 +204,10 @@ def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, monkeyp
     monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
     split = gemm.matmul(x, w, out=np.full((1001, 300), np.nan, np.float32))
     assert calls == [n_threads]
-    monkeypatch.setattr(gemm, "MIN_BLOCK_ROWS", 10**6)
-    np.testing.assert_array_equal(split, gemm.matmul(x, w))
-    assert calls == [n_threads]                          # one block: no pool
     close_to_matmul(split, x, w)
+    monkeypatch.setattr(gemm, "MIN_BLOCK_ROWS", 10**6)
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert calls == [n_threads]                          # one block: no pool
 
 
 def test_no_split_while_the_blas_thread_count_is_held(path, monkeypatch):
