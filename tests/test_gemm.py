@@ -219,6 +219,16 @@ def test_no_split_while_the_blas_thread_count_is_held(path, monkeypatch):
     close_to_matmul(y, x, w)
 
 
+def test_without_threadpoolctl_one_block(path, monkeypatch):
+    """Without threadpoolctl the BLAS thread count cannot be set: one block, BLAS threads each call."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(threads, "blas_single_threaded", lambda: None)
+    monkeypatch.setattr(threads, "run", None)            # a call to it would fail loudly
+    x, w = projection_inputs(600, 300, 50, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert not threads.blas_limit_lock.locked()
+
+
 def test_called_from_the_pool_itself(monkeypatch):
     """gemm.matmul inside bge_ref's pool workers, several at once: no deadlock, right products."""
     monkeypatch.setattr(threads, "THREADS", 2)
