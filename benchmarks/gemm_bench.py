@@ -1,0 +1,112 @@
+"""gemm.matmul against plain `x @ w` and torch.matmul at every projection of bge-large and MiniLM.
+
+    python benchmarks/gemm_bench.py                      # this machine's OpenBLAS kernel
+    python benchmarks/gemm_bench.py --haswell            # and again under OPENBLAS_CORETYPE=Haswell
+    python benchmarks/gemm_bench.py --chunk 96 --group 8 # another chunking (gemm.CHUNK, gemm.GROUP)
+
+Per shape (N = 1024 tokens): the rms and max error against the float64 product, as ratios to
+torch.matmul's (2 threads); and the cost as a ratio to plain `x @ w`, measured two ways, each
+interleaved (plain, gemm, ...) and best of --repeat: wall time (gemm.matmul as it runs, its rows
+split over the cores with BLAS single-threaded in each block; gemm.matmul with its rows in one
+block, BLAS threading each chunk's call, so an OpenBLAS thread barrier per chunk; plain `x @ w`
+with its rows split the same way as gemm's); and CPU time of one thread with BLAS single-threaded
+(the work itself, much less disturbed by other processes on a shared machine). The spread column
+is median / best of the plain wall times: how noisy the machine was.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's bge_ref, whatever is pip-installed
+import bge_ref  # noqa: E402,F401  (before NumPy: OpenBLAS's thread timeout as in the forward)
+import numpy as np  # noqa: E402
+
+from bge_ref import gemm  # noqa: E402
+from tests.test_gemm import PROJECTIONS, errors, projection_inputs  # noqa: E402
+
+
+def timings(fns: dict, repeat: int, clock) -> dict:
+    """{name: [seconds]}: each fn once per round, the rounds interleaved."""
+    out = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = clock()
+            fn()
+            out[k].append(clock() - t)
+    return out
+
+
+def one_block(fn):
+    """fn() with gemm's rows in one block: BLAS threads each chunk's call itself."""
+    def run():
+        saved, gemm.MIN_BLOCK_ROWS = gemm.MIN_BLOCK_ROWS, 1 << 40
+        try:
+            fn()
+        finally:
+            gemm.MIN_BLOCK_ROWS = saved
+    return run
+
+
+def rows(repeat: int) -> list[str]:
+    import torch
+    from threadpoolctl import threadpool_limits
+    torch.set_num_threads(2)
+    lines = []
+    for name, K, M, kind in PROJECTIONS:
+        x, w = projection_inputs(1024, K, M, kind)
+        exact = x.astype(np.float64) @ w.astype(np.float64)  # (N, M)
+        (pr, pm), (gr, gm), (tr, tm) = (errors(y, exact) for y in (x @ w, gemm.matmul(x, w), (torch.from_numpy(x) @ torch.from_numpy(w)).numpy()))
+        y = np.empty((1024, M), np.float32)
+        fns = {"plain": lambda: np.matmul(x, w, out=y), "gemm": lambda: gemm.matmul(x, w, out=y),
+               "plain split": lambda: gemm.on_row_blocks(lambda r: np.matmul(x[r], w, out=y[r]), len(x)),
+               "gemm one block": one_block(lambda: gemm.matmul(x, w, out=y))}
+        wall = timings(fns, repeat, time.perf_counter)
+        with threadpool_limits(1, user_api="blas"):          # one thread: the work itself
+            cpu = timings({k: one_block(fns[k]) for k in ("plain", "gemm")}, max(3, repeat // 2), time.thread_time)
+        best = {k: min(v) for k, v in wall.items()}
+        lines.append(f"| {name} | {K} x {M} | {pr / tr:.2f} / {pm / tm:.2f} | {gr / tr:.2f} / {gm / tm:.2f} "
+                     f"| {best['plain'] * 1e3:.1f} | {best['gemm'] / best['plain']:.2f} "
+                     f"| {best['gemm one block'] / best['plain']:.2f} | {best['plain split'] / best['plain']:.2f} "
+                     f"| {min(cpu['gemm']) / min(cpu['plain']):.2f} | {np.median(wall['plain']) / best['plain']:.2f} |")
+    return lines
+
+
+def table(repeat: int) -> str:
+    from threadpoolctl import threadpool_info
+    kernel = next(i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas")
+    path = "ctypes sgemm" if gemm.blas() is not None else "NumPy-only fallback"
+    head = [f"OpenBLAS kernel {kernel}; gemm.matmul: CHUNK {gemm.CHUNK}, GROUP {gemm.GROUP}, {path}; N = 1024; "
+            f"errors vs float64 as ratios to torch.matmul's (rms / max); times best of {repeat}.", "",
+            "| projection | K x M | plain error / torch | gemm error / torch | plain ms (wall) | gemm / plain wall "
+            "| gemm in one block / plain wall | plain split like gemm / plain wall | gemm / plain CPU (1 thread) "
+            "| plain wall median / best |", "| --- | --- |" + " ---: |" * 8]
+    return "\n".join(head + rows(repeat))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=9)
+    p.add_argument("--chunk", type=int, default=gemm.CHUNK)
+    p.add_argument("--group", type=int, default=gemm.GROUP)
+    p.add_argument("--numpy-only", action="store_true", help="time the NumPy-only fallback instead of the ctypes path")
+    p.add_argument("--haswell", action="store_true", help="then rerun under OPENBLAS_CORETYPE=Haswell")
+    args = p.parse_args(argv)
+    gemm.CHUNK, gemm.GROUP = args.chunk, args.group
+    if args.numpy_only:
+        gemm._blas = None
+    print(table(args.repeat), flush=True)
+    if args.haswell:
+        rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--haswell"]
+        print()
+        subprocess.run([sys.executable, __file__, *rest], env=dict(os.environ, OPENBLAS_CORETYPE="Haswell"), check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""`x @ w` in float32 with at most the rounding error of torch's matmul: K summed in short chunks.
+
+Why: a float32 matmul's error is the rounding of its sums over K. Each BLAS kernel sums a run of
+products in a register, then adds the run to C. OpenBLAS's sgemm sums longer runs (at bge-large's
+projection shapes its rms error is 1.4x torch's (MKL) with its SkylakeX kernel, 1.2x with its
+Haswell kernel), and that alone made bge_ref's float32 forward 1.36x transformers' error
+(scripts/fp32_error_attribution.py). torch's MKL on the AMD EPYC sums runs of 192 (this module
+with CHUNK = 192 and one group gives its results bit for bit).
+
+How: one BLAS call per chunk of CHUNK columns of x (rows of w), each adding its product into C
+(beta = 1: the kernel adds its sums into C as it stores them, no extra pass over the output). A run
+then holds at most CHUNK products whatever the kernel, so the error no longer depends on which
+kernel OpenBLAS picked for the CPU. For long K the sequential sum of many chunk results grows an
+error of its own (it shows in the max error at K = 4096), so chunks are summed GROUP at a time into
+separate partial sums, added at the end (one extra pass over the output per GROUP * CHUNK of K).
+
+Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
+kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 1.02-1.18x the CPU time of `x @ w`.
+Threads: the rows are split over the cores, BLAS single-threaded in each block (on_row_blocks),
+so that the threads meet once per product rather than at a BLAS barrier after every chunk.
+
+The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
+symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
+(LP64 or ILP64) is read from openblas_get_config. When that fails (a NumPy built on MKL, Accelerate,
+or a BLAS without the symbols), the same chunked sum runs through np.matmul plus one add per chunk:
+the same accuracy, one more pass over the output per chunk.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import threads
+
+CHUNK = 128  # products summed in a register per BLAS call
+GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
+MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_row_blocks)
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
+# (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
+# and 32-bit builds), NumPy 1.2x (openblas64_), a NumPy linked to a system OpenBLAS.
+SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_openblas_get_config64_"), ("scipy_cblas_sgemm", "scipy_openblas_get_config"),
+           ("cblas_sgemm64_", "openblas_get_config64_"), ("cblas_sgemm", "openblas_get_config")]
+
+
+def matmul(x, w, out=None):
+    """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK.
+
+    Anything else (float64, float16 @ float16, stacks of matrices, vectors, subclasses, K <= CHUNK,
+    empty shapes, shape errors) is np.matmul itself. Operands with rows or columns of unit stride
+    (row-major, or transposed views such as checkpoint.py's weights) are read in place, others are
+    copied to float32 first; an `out` that BLAS cannot write directly (other dtype, columns not of
+    unit stride, overlapping an input) receives a copy of the result.
+    """
+    if not _eligible(x, w, out):
+        return np.matmul(x, w, out=out)
+    x, w = _operand(x), _operand(w)                       # (N, K), (K, M) float32, rows or columns of unit stride
+    N, M = x.shape[0], w.shape[1]
+    y = out if out is not None and _writable_by_blas(out, x, w) else np.empty((N, M), np.float32)  # (N, M)
+    sgemm = blas()
+    product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
+    on_row_blocks(lambda rows: chunked(x[rows], w, y[rows], product()), N)
+    if out is None or out is y:
+        return y
+    np.copyto(out, y, casting="same_kind")
+    return out
+
+
+def chunked(x, w, y, add_product):
+    """y = x @ w summed over K chunk by chunk: add_product(xk, wk, acc, first) sets (first) or adds
+    xk @ wk into acc, the partial sum of the chunk's group; the groups' partial sums are added last."""
+    part = None
+    for g, (g0, g1) in enumerate(groups(x.shape[1])):
+        if g and part is None:
+            part = np.empty(y.shape, np.float32)          # (N, M) the later groups' partial sum
+        acc = y if g == 0 else part
+        for k0 in range(g0, g1, CHUNK):
+            k1 = min(k0 + CHUNK, g1)
+            add_product(x[:, k0:k1], w[k0:k1], acc, k0 == g0)  # (N, k) @ (k, M) into (N, M)
+        if g:
+            y += part                                     # (N, M)
+
+
+def on_row_blocks(fn, N):
+    """fn(rows) over the N rows: in one block per core on bge_ref's thread pool with BLAS
+    single-threaded, or in this thread with one block of all rows.
+
+    Every chunk is a BLAS call, and a BLAS call spread over several threads ends in a barrier that
+    waits for all of them: on a machine shared with other processes, those waits doubled the
+    forward's time. With the rows split here, the threads meet once per product. The split needs
+    threadpoolctl (the `fast` extra), at least MIN_BLOCK_ROWS rows a block, and the BLAS thread
+    count free to change (threads.blas_limit_lock not held, e.g. by a caller already in a
+    single-threaded block); otherwise BLAS threads each call itself.
+    """
+    blocks = threads.chunks(N, max(1, min(threads.THREADS, N // MIN_BLOCK_ROWS)))
+    if len(blocks) > 1 and threads.blas_limit_lock.acquire(blocking=False):
+        try:
+            limit = threads.blas_single_threaded()
+            if limit is not None:
+                with limit:
+                    threads.run(fn, [(rows,) for rows in blocks])
+                return
+        finally:
+            threads.blas_limit_lock.release()
+    fn(slice(None))
+
+
+def groups(K):
+    """[(start, stop)] of the partial sums over K: GROUP * CHUNK columns each, the last shorter."""
+    n = GROUP * CHUNK
+    return [(k, min(k + n, K)) for k in range(0, K, n)]
+
+
+def _blas_product(sgemm):
+    """acc = xk @ wk (first) or acc += xk @ wk in one sgemm call: beta = 1 adds inside the kernel."""
+    def add_product(xk, wk, acc, first):
+        (N, k), M = xk.shape, wk.shape[1]
+        (ta, lda), (tb, ldb) = _blas_layout(xk), _blas_layout(wk)
+        sgemm(ROW_MAJOR, ta, tb, N, M, k, 1.0, xk.ctypes.data, lda, wk.ctypes.data, ldb,
+              0.0 if first else 1.0, acc.ctypes.data, acc.strides[0] // 4)
+    return add_product
+
+
+def _numpy_product():
+    """The same through np.matmul: each chunk's product into a scratch buffer, then an add."""
+    scratch = []
+
+    def add_product(xk, wk, acc, first):
+        if first:
+            np.matmul(xk, wk, out=acc)
+            return
+        if not scratch:
+            scratch.append(np.empty(acc.shape, np.float32))  # (N, M) one chunk's product
+        acc += np.matmul(xk, wk, out=scratch[0])
+    return add_product
+
+
+# -- checks that keep the ctypes call inside the arrays' memory --
+
+def _eligible(x, w, out):
+    """True if x @ w is a 2-D float32 product with K > CHUNK that this module computes itself."""
+    if type(x) is not np.ndarray or type(w) is not np.ndarray or x.ndim != 2 or w.ndim != 2:
+        return False
+    if x.dtype.kind != "f" or w.dtype.kind != "f" or np.result_type(x.dtype, w.dtype) != np.float32:
+        return False
+    if x.shape[1] != w.shape[0] or x.shape[1] <= CHUNK or x.shape[0] == 0 or w.shape[1] == 0:
+        return False                                      # np.matmul raises, or has nothing to sum
+    if out is not None and (type(out) is not np.ndarray or out.shape != (x.shape[0], w.shape[1])
+                            or not out.flags.writeable or not np.can_cast(np.float32, out.dtype, "same_kind")):
+        return False                                      # np.matmul raises its own error
+    return True
+
+
+def _blas_layout(a):
+    """(NO_TRANS, ld) if BLAS can address the 2-D float32 a as a row-major matrix with leading
+    dimension ld, (TRANS, ld) if as the transpose of one, None if neither: native byte order,
+    aligned, one axis of unit stride, the other a whole number of floats >= the extent of the first."""
+    if a.dtype != np.float32 or not a.dtype.isnative or not a.flags.aligned:
+        return None
+    for trans, (rows, cols) in [(NO_TRANS, (0, 1)), (TRANS, (1, 0))]:
+        if a.strides[cols] == 4 and a.strides[rows] % 4 == 0 and a.strides[rows] >= 4 * max(1, a.shape[cols]):
+            return trans, a.strides[rows] // 4
+    return None
+
+
+def _operand(a):
+    """a itself if BLAS can read it in place, else a contiguous float32 copy."""
+    return a if _blas_layout(a) else np.ascontiguousarray(a, np.float32)
+
+
+def _writable_by_blas(out, x, w):
+    """True if sgemm may write out in place: row-major for BLAS, not overlapping an input."""
+    return (_blas_layout(out) or (None,))[0] == NO_TRANS and not np.may_share_memory(out, x) and not np.may_share_memory(out, w)
+
+
+def _fits(sgemm, *arrays):
+    """True if every dimension and row stride fits the BLAS's integer type."""
+    limit = np.iinfo(np.int64 if sgemm.argtypes[3] is ctypes.c_int64 else np.int32).max
+    return all(max(a.shape + (_blas_layout(a)[1],)) <= limit for a in arrays)
+
+
+# -- finding NumPy's OpenBLAS --
+
+_blas = False  # not looked up yet
+
+
+def blas():
+    """NumPy's OpenBLAS cblas_sgemm as a ctypes function, or None if it cannot be found safely."""
+    global _blas
+    if _blas is False:
+        found = find_sgemm()
+        _blas = found and found[0]
+    return _blas
+
+
+def find_sgemm():
+    """(cblas_sgemm, OpenBLAS's config text) from the first library that has both, or None."""
+    for lib in _candidate_libraries():
+        for sgemm_name, config_name in SYMBOLS:
+            sgemm, config = getattr(lib, sgemm_name, None), getattr(lib, config_name, None)
+            if sgemm is None or config is None:
+                continue
+            config.restype, config.argtypes = ctypes.c_char_p, []
+            text = (config() or b"").decode("ascii", "replace")
+            if "OpenBLAS" not in text:
+                continue
+            i = ctypes.c_int64 if "USE64BITINT" in text.split() else ctypes.c_int32  # ILP64 or LP64
+            e, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+            sgemm.argtypes = [e, e, e, i, i, i, f, p, i, p, i, f, p, i]
+            sgemm.restype = None
+            return sgemm, text
+    return None
+
+
+def _candidate_libraries():
+    """ctypes handles, most specific first: NumPy's compiled core (dlsym also searches the libraries
+    it links, which is the BLAS NumPy itself calls), then the wheel's bundled library directories."""
+    core = sys.modules.get("numpy._core._multiarray_umath") or sys.modules.get("numpy.core._multiarray_umath")
+    paths = [core.__file__] if core is not None and getattr(core, "__file__", None) else []
+    root = Path(np.__file__).resolve().parent
+    for d in (root.parent / "numpy.libs", root / ".dylibs"):  # manylinux/Windows wheels, macOS wheels
+        if d.is_dir():
+            names = sorted(p.name for p in d.iterdir())
+            paths += [str(d / n) for n in names if "openblas" in n.lower() and (n.endswith((".so", ".dylib", ".dll")) or ".so." in n)]
+    for path in paths:
+        try:
+            yield ctypes.CDLL(path)
+        except OSError:
+            continue

@@ -1,0 +1,315 @@
+"""gemm.matmul: the semantics of `x @ w`, both paths (ctypes BLAS and NumPy-only), and its accuracy
+claim: rms and max error at most torch.matmul's at the projections of bge-large and MiniLM, on this
+machine's OpenBLAS kernel and under the Haswell kernel when the machine's own is a higher one."""
+import ctypes
+import json
+import subprocess
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from bge_ref import gemm, threads
+from tests.conftest import subprocess_env
+
+# (name, K, M, input kind) of every projection, N = 1024 tokens: bge-large (D 1024, F 4096), MiniLM (D 384, F 1536)
+PROJECTIONS = [("bge-large qkv", 1024, 3072, "ln"), ("bge-large attn_out", 1024, 1024, "ln"),
+               ("bge-large inter", 1024, 4096, "ln"), ("bge-large out", 4096, 1024, "gelu"),
+               ("MiniLM qkv", 384, 1152, "ln"), ("MiniLM attn_out", 384, 384, "ln"),
+               ("MiniLM inter", 384, 1536, "ln"), ("MiniLM out", 1536, 384, "gelu")]
+
+
+def projection_inputs(N, K, M, kind, seed=0):
+    """x (N, K), w (K, M) float32 as a projection sees them: x a LayerNorm output (per-feature gain
+    and shift) or a GELU output (non-negative mean, long right tail); w at BERT's init scale and,
+    as checkpoint.py gives it, the transposed view of a row-major (M, K) matrix."""
+    rng = np.random.default_rng(seed)
+    if kind == "gelu":
+        h = rng.normal(0, 1, (N, K))
+        x = h / (1 + np.exp(-1.702 * h))                  # (N, K) GELU's sigmoid form, close enough for rounding
+    else:
+        x = rng.normal(0, 1, (N, K)) * (1 + 0.2 * rng.normal(size=K)) + 0.2 * rng.normal(size=K)
+    w = rng.normal(0, 0.03, (M, K)).astype(np.float32).T
+    return x.astype(np.float32), w
+
+
+def errors(y, exact):
+    """rms and max abs error of the float32 product y against the float64 product `exact`."""
+    d = np.abs(y - exact)
+    return float(np.sqrt(np.mean(d * d))), float(d.max())
+
+
+def numpy_only(x, w):
+    """gemm.matmul's NumPy-only fallback, called directly."""
+    y = np.empty((x.shape[0], w.shape[1]), np.float32)
+    gemm.chunked(x, w, y, gemm._numpy_product())
+    return y
+
+
+def accuracy_ratios(seed=0, paths=("blas", "numpy")):
+    """{path: {projection: (rms ratio, max ratio)}}: gemm.matmul's error over torch.matmul's at
+    N = 1024, through NumPy's OpenBLAS ("blas") and through the NumPy-only fallback ("numpy")."""
+    torch.set_num_threads(2)
+    out = {p: {} for p in paths}
+    for name, K, M, kind in PROJECTIONS:
+        x, w = projection_inputs(1024, K, M, kind, seed)
+        exact = x.astype(np.float64) @ w.astype(np.float64)  # (N, M)
+        tr, tm = errors((torch.from_numpy(x) @ torch.from_numpy(w)).numpy(), exact)
+        for path in paths:
+            r, m = errors(gemm.matmul(x, w) if path == "blas" else numpy_only(x, w), exact)
+            out[path][name] = (r / tr, m / tm)
+    return out
+
+
+def above_torch(ratios):
+    """The (path, projection)s of accuracy_ratios() whose rms or max error exceeds torch's."""
+    return {f"{path} {name}": (round(r, 3), round(m, 3)) for path, d in ratios.items() for name, (r, m) in d.items() if max(r, m) > 1}
+
+
+AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS kernels above Haswell
+
+
+def blas_kernel():
+    """The kernel NumPy's OpenBLAS runs (SkylakeX, Haswell, Zen...), as threadpoolctl reads it."""
+    from threadpoolctl import threadpool_info
+    return next(i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas")
+
+
+# -- semantics --
+
+@pytest.fixture(params=["blas", "numpy"])
+def path(request, monkeypatch):
+    """Run a test through the ctypes BLAS path and through the NumPy-only fallback."""
+    if request.param == "blas":
+        assert gemm.blas() is not None, "NumPy's OpenBLAS cblas_sgemm was not found"
+    else:
+        monkeypatch.setattr(gemm, "_blas", None)
+        monkeypatch.setattr(gemm, "_blas_product", None)  # a call to it would fail loudly
+    return request.param
+
+
+def close_to_matmul(y, x, w):
+    """y equals x @ w up to float32 rounding of the sums: within 4 eps * sum |x| |w| per element."""
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    bound = 4 * np.finfo(np.float32).eps * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)))
+    np.testing.assert_array_less(np.abs(y - ref), bound + 1e-30)
+
+
+@pytest.mark.parametrize("N, K, M", [(1, 1024, 3072), (3, 129, 5), (17, 1000, 33), (64, 2100, 40), (5, 4096, 1), (2, 8, 3)])
+def test_same_as_matmul(path, N, K, M):
+    rng = np.random.default_rng(N + K + M)
+    x, w = rng.normal(size=(N, K)).astype(np.float32), rng.normal(size=(K, M)).astype(np.float32)
+    y = gemm.matmul(x, w)
+    assert type(y) is np.ndarray and y.dtype == np.float32 and y.shape == (N, M) and y.flags.c_contiguous
+    close_to_matmul(y, x, w)
+    if K <= gemm.CHUNK:                                   # nothing to chunk: x @ w itself
+        np.testing.assert_array_equal(y, x @ w)
+
+
+@pytest.mark.parametrize("group", [gemm.GROUP, 2])
+def test_every_chunk_and_group_counted_once(path, group, monkeypatch):
+    """Small integers sum exactly in float32 in any order, so the result must be exact: each row
+    of x selects different chunks of w (a chunk dropped or added twice would show)."""
+    monkeypatch.setattr(gemm, "GROUP", group)
+    K = 5 * gemm.CHUNK + 7                                # 6 chunks, the last one short; 3 groups of 2
+    x = (np.arange(4 * K).reshape(4, K) % (2 + np.arange(4))[:, None] == 0).astype(np.float32)
+    w = (np.arange(K * 3).reshape(K, 3) % 7).astype(np.float32)
+    np.testing.assert_array_equal(gemm.matmul(x, w), x.astype(np.float64) @ w)
+
+
+def test_views_and_copies(path):
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(40, 700)).astype(np.float32)
+    x, w = projection_inputs(40, 600, 90, "ln")          # w a transposed view, as checkpoint.py's weights
+    in_place = [big[3:20, 50:650],                       # row stride wider than the rows
+                big[::2, :600],                          # every other row
+                np.asfortranarray(big[:, :600]),         # column-major: BLAS reads its transpose
+                w, w[:, 7:50], w[100:300], w[:, ::3]]    # transposed views and their slices
+    for a in in_place:
+        assert gemm._operand(a) is a                     # no copy
+    copied = [w[::2], big[:, ::2],                       # no axis of unit stride
+              big[:, :600].astype(">f4"),                # big-endian
+              np.broadcast_to(big[:1, :600], (9, 600)),  # row stride 0
+              w.astype(np.float16)]                      # float32 @ float16 is float32: widened
+    for a in copied:
+        assert gemm._operand(a) is not a and gemm._operand(a).flags.c_contiguous
+    cases = [(big[3:20, 50:650], w), (big[::2, :600], w[:, 7:50]), (np.asfortranarray(big[:, :600]), w),
+             (x[:, ::2], w[::2]), (x, w[:, ::3]), (big[:, :600].astype(">f4"), w), (np.broadcast_to(big[:1, :600], (9, 600)), w),
+             (x[:5], w.astype(np.float16)), (x[:, 100:300], w[100:300]), (x[:1], w)]
+    for x, w in cases:
+        y = gemm.matmul(x, w)
+        assert y.dtype == (x @ w).dtype == np.float32 and y.shape == (x @ w).shape
+        close_to_matmul(y, np.asarray(x, np.float32), np.asarray(w, np.float32))
+
+
+def test_out(path):
+    rng = np.random.default_rng(2)
+    x, w = rng.normal(size=(6, 300)).astype(np.float32), rng.normal(size=(300, 7)).astype(np.float32)
+    out = np.full((6, 7), np.nan, np.float32)             # beta = 0 must overwrite NaN, not scale it
+    assert gemm.matmul(x, w, out=out) is out
+    close_to_matmul(out, x, w)
+    wide = np.full((6, 20), np.nan, np.float32)
+    assert gemm.matmul(x, w, out=wide[:, 5:12]) is not None  # a strided view, written in place
+    close_to_matmul(wide[:, 5:12], x, w)
+    assert np.isnan(wide[:, :5]).all() and np.isnan(wide[:, 12:]).all()  # nothing written outside the view
+    out64 = np.zeros((6, 7))
+    assert gemm.matmul(x, w, out=out64) is out64 and out64.dtype == np.float64
+    close_to_matmul(out64, x, w)
+    colmajor = np.zeros((6, 7), np.float32, order="F")
+    gemm.matmul(x, w, out=colmajor)
+    close_to_matmul(colmajor, x, w)
+    with pytest.raises(ValueError):
+        gemm.matmul(x, w, out=np.zeros((6, 8), np.float32))
+    with pytest.raises(TypeError):
+        gemm.matmul(x, w, out=np.zeros((6, 7), np.int32))
+
+
+def test_out_overlapping_an_input(path):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 300)).astype(np.float32)
+    b = a.copy()
+    assert gemm.matmul(a, a, out=a) is a                  # written only after the product is complete
+    np.testing.assert_array_equal(a, gemm.matmul(b, b))
+
+
+def test_everything_else_is_np_matmul():
+    rng = np.random.default_rng(4)
+    x64, w64 = rng.normal(size=(5, 300)), rng.normal(size=(300, 4))
+    np.testing.assert_array_equal(gemm.matmul(x64, w64), x64 @ w64)  # float64: the oracle's path, untouched
+    x16, w16 = x64.astype(np.float16), w64.astype(np.float16)
+    assert gemm.matmul(x16, w16).dtype == np.float16
+    stack = rng.normal(size=(2, 5, 300)).astype(np.float32)
+    np.testing.assert_array_equal(gemm.matmul(stack, w64.astype(np.float32)), stack @ w64.astype(np.float32))
+    v = x64[0].astype(np.float32)
+    np.testing.assert_array_equal(gemm.matmul(v, w64.astype(np.float32)), v @ w64.astype(np.float32))
+    np.testing.assert_array_equal(gemm.matmul(np.zeros((0, 300), np.float32), w64.astype(np.float32)), np.zeros((0, 4)))
+    with pytest.raises(ValueError):
+        gemm.matmul(x64.astype(np.float32), w64[:299].astype(np.float32))
+
+
+# -- threads --
+
+@pytest.mark.parametrize("n_threads, N, blocks", [(2, 1001, 2), (3, 1001, 3), (8, 300, 2), (2, 255, 1)])
+def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, blocks, monkeypatch):
+    """Blocks of rows on bge_ref's pool, BLAS single-threaded: every row written, the product as
+    with one block up to rounding (bit for bit with the SkylakeX kernel, not with Haswell's, whose
+    edge tiles sum in another order)."""
+    monkeypatch.setattr(threads, "THREADS", n_threads)
+    x, w = projection_inputs(N, 1024, 300, "ln")
+    calls = []
+    run = threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
+    split = gemm.matmul(x, w, out=np.full((N, 300), np.nan, np.float32))
+    assert calls == ([blocks] if blocks > 1 else [])     # blocks of at least MIN_BLOCK_ROWS rows
+    close_to_matmul(split, x, w)
+    monkeypatch.setattr(gemm, "MIN_BLOCK_ROWS", 10**6)
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert len(calls) == (blocks > 1)                    # one block: no pool
+
+
+def test_no_split_while_the_blas_thread_count_is_held(path, monkeypatch):
+    """A caller already holding threads.blas_limit_lock (a single-threaded block) gets one block, not a deadlock."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    x, w = projection_inputs(600, 300, 50, "ln")
+    with threads.blas_limit_lock:
+        y = gemm.matmul(x, w)
+    close_to_matmul(y, x, w)
+
+
+def test_without_threadpoolctl_one_block(path, monkeypatch):
+    """Without threadpoolctl the BLAS thread count cannot be set: one block, BLAS threads each call."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(threads, "blas_single_threaded", lambda: None)
+    monkeypatch.setattr(threads, "run", None)            # a call to it would fail loudly
+    x, w = projection_inputs(600, 300, 50, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert not threads.blas_limit_lock.locked()
+
+
+def test_called_from_the_pool_itself(monkeypatch):
+    """gemm.matmul inside bge_ref's pool workers, several at once: no deadlock, right products."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    x, w = projection_inputs(600, 300, 50, "ln")
+    results = []
+    worker = threading.Thread(target=lambda: results.extend(threads.run(lambda i: gemm.matmul(x[i:], w), [(i,) for i in range(4)])))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "deadlock"
+    for i, y in enumerate(results):
+        close_to_matmul(y, x[i:], w)
+    assert len(results) == 4
+
+
+# -- finding the BLAS --
+
+def test_finds_numpys_openblas_with_its_integer_width():
+    from threadpoolctl import threadpool_info
+    sgemm, config = gemm.find_sgemm()
+    numpys = next(i for i in threadpool_info() if i["internal_api"] == "openblas")
+    assert numpys["version"] in config and numpys["architecture"] in config  # the OpenBLAS NumPy calls
+    assert (sgemm.argtypes[3] is ctypes.c_int64) == ("USE64BITINT" in config.split())
+
+
+class FakeSymbol:
+    """Stands for a ctypes function of a library: callable, takes restype and argtypes."""
+    def __init__(self, result=None):
+        self.result = result
+
+    def __call__(self, *args):
+        return self.result
+
+
+@pytest.mark.parametrize("symbols, found", [
+    ({}, None),                                                              # no BLAS symbols at all
+    ({"cblas_sgemm": FakeSymbol()}, None),                                   # a CBLAS without OpenBLAS's config (MKL, Accelerate)
+    ({"cblas_sgemm": FakeSymbol(), "openblas_get_config": FakeSymbol(b"MKL")}, None),
+    ({"cblas_sgemm": FakeSymbol(), "openblas_get_config": FakeSymbol(b"OpenBLAS 0.3.20 DYNAMIC_ARCH Haswell")}, ctypes.c_int32),
+    ({"cblas_sgemm64_": FakeSymbol(), "openblas_get_config64_": FakeSymbol(b"OpenBLAS 0.3.23 USE64BITINT Zen")}, ctypes.c_int64),
+    ({"scipy_cblas_sgemm": FakeSymbol(), "openblas_get_config64_": FakeSymbol(b"OpenBLAS USE64BITINT")}, None),  # not a pair
+])
+def test_finds_sgemm_only_with_openblas_config_and_its_width(symbols, found, monkeypatch):
+    monkeypatch.setattr(gemm, "_candidate_libraries", lambda: [types.SimpleNamespace(**symbols)])
+    result = gemm.find_sgemm()
+    if found is None:
+        assert result is None
+    else:
+        sgemm, config = result
+        assert sgemm.argtypes[3] is sgemm.argtypes[8] is sgemm.argtypes[10] is sgemm.argtypes[13] is found
+        assert config.startswith("OpenBLAS")
+
+
+def test_without_blas_matmul_uses_the_numpy_path(monkeypatch):
+    monkeypatch.setattr(gemm, "_candidate_libraries", lambda: [])
+    monkeypatch.setattr(gemm, "_blas", False)             # looked up again
+    monkeypatch.setattr(gemm, "_blas_product", None)      # a call to it would fail loudly
+    x, w = projection_inputs(8, 1024, 16, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert gemm.blas() is None
+
+
+# -- the accuracy claim --
+
+def test_error_no_larger_than_torch():
+    """Both paths at every projection: rms and max error at most torch.matmul's (this machine's kernel)."""
+    assert gemm.blas() is not None
+    worse = above_torch(accuracy_ratios())
+    assert not worse, f"{blas_kernel()} kernel: (rms, max) error / torch's above 1 at {worse}"
+
+
+def test_error_no_larger_than_torch_under_the_haswell_kernel():
+    """OpenBLAS's Haswell kernel (AVX2 machines), forced in a child process when this machine's
+    kernel is an AVX-512 one; elsewhere this repeats the test above on the machine's own kernel."""
+    if blas_kernel() not in AVX512_KERNELS:           # Haswell or lower: forcing Haswell could not run
+        ratios = accuracy_ratios(paths=["blas"])
+    else:
+        code = "import json; from tests.test_gemm import accuracy_ratios, blas_kernel; print(json.dumps([blas_kernel(), accuracy_ratios(paths=['blas'])]))"
+        run = subprocess.run([sys.executable, "-c", code], env=subprocess_env(OPENBLAS_CORETYPE="Haswell"),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        kernel, ratios = json.loads(run.stdout.strip().splitlines()[-1])
+        assert kernel == "Haswell"
+    worse = above_torch(ratios)
+    assert not worse, f"Haswell kernel: (rms, max) error / torch's above 1 at {worse}"
