@@ -22,7 +22,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from . import threads
+from . import gemm, threads
 from .config import BertConfig
 from .erf import gelu
 from .model import attention_mask_bias, embeddings
@@ -33,7 +33,7 @@ __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_out
 
 def linear(x, w, b):
     """x @ w + b as one 2-D matmul over every token, the bias added in place."""
-    y = x.reshape(-1, x.shape[-1]) @ as_compute(w, x)        # (N, out) one BLAS call
+    y = gemm.matmul(x.reshape(-1, x.shape[-1]), as_compute(w, x))  # (N, out) summed over K in short chunks
     y += b
     return y.reshape(*x.shape[:-1], -1)                      # (..., out)
 

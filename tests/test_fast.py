@@ -10,9 +10,12 @@ import torch
 import bge_ref
 from bge_ref import fast, threads
 from bge_ref.errors import InputError
+from bge_ref import model as model_ref
 from bge_ref.model import attention_mask_bias
 
-from .conftest import TEXTS, hf_forward, reference_vs_fast
+from .conftest import TEXTS, beyond_torch, hf_forward, reference_vs_fast
+
+pytestmark = pytest.mark.blas  # tolerances set by BLAS rounding: CI reruns these on a second kernel
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -110,3 +113,51 @@ def test_without_threadpoolctl_attention_blocks_run_in_the_calling_thread(tiny, 
     monkeypatch.setattr(fast, "attention", lambda *a, **kw: ran_in.add(threading.current_thread()) or plain(*a, **kw))
     np.testing.assert_allclose(model.forward(**batch), with_ctl, rtol=0, atol=1e-6)
     assert ran_in == {threading.current_thread()}
+
+
+# -- accuracy against the float64 oracle: within 1.2x transformers' own float32 error, and the check's teeth --
+
+@pytest.fixture(scope="module")
+def minilm_oracle(minilm_path):
+    """MiniLM on a padded batch: transformers' float32 and float64 runs, bge_ref's float64 (the oracle)."""
+    from bge_ref.verify import four_runs, oracle_study
+    batch = bge_ref.load(minilm_path).tokenize(TEXTS + ["a longer text that pads the others " * 12])
+    runs = four_runs(minilm_path, batch)
+    return {"batch": batch, "runs": runs, "reports": oracle_study(runs)}
+
+
+def _ours32(minilm_path, oracle):
+    from bge_ref.verify import compare_stages, run_ours
+    run = run_ours(bge_ref.load(minilm_path), oracle["batch"])
+    return compare_stages(oracle["runs"]["ours", "float64"], run, title="bge_ref float32 vs float64 oracle")
+
+
+def test_float32_error_within_torch_on_minilm(minilm_path, minilm_oracle):
+    over = beyond_torch(_ours32(minilm_path, minilm_oracle), minilm_oracle["reports"]["torch32"])
+    assert not over, over
+
+
+def _tanh_gelu_intermediate(x, dense):  # "gelu_new", the tanh approximation, where BERT uses erf
+    h = x @ dense["w"].astype(x.dtype) + dense["b"]
+    return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+
+
+def _float16_softmax_attention(q, k, v, mask_bias, **_):  # probabilities rounded to float16
+    s = q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1]) + (0 if mask_bias is None else mask_bias)
+    return model_ref.softmax(s).astype(np.float16).astype(q.dtype) @ v
+
+
+FAST_LAYER_NORM = fast.layer_norm
+SABOTAGE = {  # a real error in GELU, LayerNorm, softmax or masking, each made in the fast path
+    "tanh GELU": lambda mp: mp.setattr(fast, "intermediate", _tanh_gelu_intermediate),
+    "LayerNorm eps 1e-5": lambda mp: mp.setattr(fast, "layer_norm", lambda x, g, b, eps, **kw: FAST_LAYER_NORM(x, g, b, 1e-5, **kw)),
+    "float16 softmax": lambda mp: mp.setattr(fast, "attention", _float16_softmax_attention),
+    "padding not masked": lambda mp: mp.setattr(fast, "attention_mask_bias", lambda m, dtype: np.zeros((len(m), 1, 1, m.shape[1]), dtype)),
+}
+
+
+@pytest.mark.parametrize("error", SABOTAGE)
+def test_accuracy_check_catches_a_real_error(minilm_path, minilm_oracle, monkeypatch, error):
+    """The 1.2x bound has teeth: each deliberate error in the fast path fails it."""
+    SABOTAGE[error](monkeypatch)
+    assert beyond_torch(_ours32(minilm_path, minilm_oracle), minilm_oracle["reports"]["torch32"])
