@@ -1,14 +1,16 @@
 """All cores for the NumPy work that BLAS does not spread over them itself.
 
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
-in parallel on large arrays. model.py splits attention heads and GELU rows with `run`; checkpoint.py
-checks and fuses several layers at once. $BGE_REF_THREADS sets the pool's size.
+in parallel on large arrays. fast.py gives each thread its own rows (or attention heads) with BLAS
+single-threaded inside (`split`); checkpoint.py checks and fuses several layers at once.
+$BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations
 
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -29,10 +31,11 @@ THREADS = threads_from_env()
 _pool = None
 
 
-def run(fn, args_list):
-    """[fn(*args) for args in args_list], on THREADS threads (in this one when there is nothing to split)."""
+def run(fn, args_list, parallel=True):
+    """[fn(*args) for args in args_list], on THREADS threads (in this one when there is nothing to
+    split, or parallel is False)."""
     global _pool
-    if THREADS == 1 or len(args_list) <= 1:
+    if THREADS == 1 or len(args_list) <= 1 or not parallel:
         return [fn(*args) for args in args_list]
     if _pool is None:
         _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="bge_ref")
@@ -57,7 +60,21 @@ def blas_single_threaded():
     return _blas_controller.limit(limits=1, user_api="blas") if _blas_controller else None
 
 
+@contextmanager
+def split():
+    """Work that this pool's threads split among themselves, each calling BLAS on one thread.
+
+    Yields the number of parts to split into: THREADS, or 1 where BLAS cannot be limited (no
+    threadpoolctl) or there is one thread; then BLAS threads each matmul itself and the parts must
+    run one after the other in the calling thread (`run(..., parallel=False)`).
+    """
+    limit = blas_single_threaded() if THREADS > 1 else None
+    with blas_limit_lock, limit or nullcontext():
+        yield THREADS if limit is not None else 1
+
+
 _blas_controller = None
 # threadpoolctl's limit is process-wide: callers in other threads must not interleave their
 # set/restore pairs (BLAS could be left on one thread), so hold this around every limited block.
-blas_limit_lock = threading.Lock()
+# Reentrant: a split block may call a function that opens its own.
+blas_limit_lock = threading.RLock()

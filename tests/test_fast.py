@@ -92,12 +92,15 @@ def test_attention_against_torch_eager(dtype, logit_scale, monkeypatch):
 
 
 def test_threaded_forward_matches_single_threaded(tiny, monkeypatch):
-    """The thread pool only splits independent rows and heads: results are bit-identical."""
+    """The thread pool only splits independent rows and heads: the same results, within the batch
+    invariant (1e-6). Not always bit for bit: how rows are cut into BLAS calls decides which kernel
+    handles the edge rows, and OpenBLAS's Haswell kernels round those differently in the last bit."""
     model = bge_ref.load(tiny[0])
     batch = model.tokenize(TEXTS)
     threaded = model.forward(**batch)
+    np.testing.assert_array_equal(threaded, model.forward(**batch))  # repeated calls: bit for bit
     monkeypatch.setattr(threads, "THREADS", 1)
-    np.testing.assert_array_equal(threaded, model.forward(**batch))
+    np.testing.assert_allclose(threaded, model.forward(**batch), rtol=0, atol=1e-6)
 
 
 def test_without_threadpoolctl_attention_blocks_run_in_the_calling_thread(tiny, monkeypatch):

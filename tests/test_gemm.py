@@ -226,7 +226,22 @@ def test_without_threadpoolctl_one_block(path, monkeypatch):
     monkeypatch.setattr(threads, "run", None)            # a call to it would fail loudly
     x, w = projection_inputs(600, 300, 50, "ln")
     close_to_matmul(gemm.matmul(x, w), x, w)
-    assert not threads.blas_limit_lock.locked()
+    assert lock_is_free(threads.blas_limit_lock)
+
+
+def lock_is_free(lock) -> bool:
+    """Whether another thread can take the lock now (an RLock has no .locked())."""
+    import threading
+    free = []
+
+    def take():
+        free.append(lock.acquire(blocking=False))
+        if free[0]:
+            lock.release()
+    t = threading.Thread(target=take)
+    t.start()
+    t.join(10)
+    return free == [True]
 
 
 def test_called_from_the_pool_itself(monkeypatch):

@@ -59,3 +59,26 @@ def test_bad_threads_env_is_a_clear_error(value, monkeypatch):
     monkeypatch.setenv("BGE_REF_THREADS", value)
     with pytest.raises(InputError, match=f"BGE_REF_THREADS must be a positive integer.*{re.escape(repr(value))}"):
         threads.threads_from_env()
+
+
+def test_split_limits_blas_and_is_reentrant(monkeypatch):
+    import threadpoolctl
+    monkeypatch.setattr(threads, "THREADS", 2)
+    blas = lambda: [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    before = blas()
+    with threads.split() as parts:
+        assert parts == 2 and all(n == 1 for n in blas())
+        with threads.split() as inner:                    # a split block inside another (same thread)
+            assert inner == 2
+        assert all(n == 1 for n in blas())
+    assert blas() == before
+    monkeypatch.setattr(threads, "_blas_controller", False)  # no threadpoolctl: BLAS keeps its threads
+    with threads.split() as parts:
+        assert parts == 1 and blas() == before
+
+
+def test_run_in_the_calling_thread_when_not_parallel(monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 2)
+    names = set()
+    threads.run(lambda i: names.add(threading.current_thread().name), [(i,) for i in range(6)], parallel=False)
+    assert names == {threading.current_thread().name}
