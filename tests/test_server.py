@@ -267,7 +267,7 @@ def test_info_tokenize_metrics(srv, minilm_path):
     info = srv.get("/info").json()
     assert info["served_model_names"] == NAMES and info["hidden_size"] == 384 and info["num_hidden_layers"] == 6
     assert info["max_input_tokens"] == 256 and info["pooling"] == "mean" and info["truncate"] is True
-    assert info["limits"] == {"max_batch_tokens": 16384, "max_concurrent_requests": 512, "max_body_bytes": 2_000_000,
+    assert info["limits"] == {"max_batch_tokens": 16384, "max_batch_size": 32, "max_concurrent_requests": 512, "max_body_bytes": 2_000_000,
                               "max_texts_per_run_request": 100, "max_openai_inputs": 2048}
     from tokenizers import Tokenizer
     hf = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
