@@ -10,8 +10,8 @@ the corpus texts of benchmarks/bench.py are cut into requests of --texts-per-req
 /v1/embeddings with base64 vectors (what the official openai client asks for), each taking the next
 request until none is left. Throughput counts tokens embedded ([CLS]/[SEP] included, after
 truncation) per second of wall time; latency is per request. Offline is `encode(texts)` (batch_size
-32) of the same texts in a fresh process, run before and after the served runs, the faster kept
-(the conservative baseline). Timings on a shared machine are noisy.
+32) of the same texts in a fresh process, run before and after each round of served runs (--repeat
+rounds); the fastest run of each mode is kept. Timings on a shared machine are noisy.
 """
 from __future__ import annotations
 
@@ -132,23 +132,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_model(name: str, path: Path, per_request: int) -> tuple[list[str], float]:
+def bench_model(name: str, path: Path, per_request: int, repeat: int) -> tuple[list[str], float]:
     from bge_ref import BertConfig
     texts = corpus(TEXTS[name])
     reqs = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
     dim = BertConfig.from_json(path / "config.json").hidden_size
     runs = [offline(path, texts)]
     print(f"{name}: offline {runs[0][1] / runs[0][0]:,.0f} tokens/s", file=sys.stderr)
-    server = Server(path, free_port())
-    results = []
-    try:
-        served(server.base, reqs[:2], 2, dim)  # warm-up
-        for c in CLIENTS:
-            results.append((c, *served(server.base, reqs, c, dim)))
-            print(f"{name}: {c} clients {results[-1][2] / results[-1][1]:,.0f} tokens/s", file=sys.stderr)
-    finally:
-        server.stop()
-    runs.append(offline(path, texts))
+    best = {}  # clients -> (wall, tokens, latencies) of the fastest run
+    for _ in range(repeat):  # offline runs before and after each round of served runs
+        server = Server(path, free_port())
+        try:
+            served(server.base, reqs[:2], 2, dim)  # warm-up
+            for c in CLIENTS:
+                run = served(server.base, reqs, c, dim)
+                print(f"{name}: {c} clients {run[1] / run[0]:,.0f} tokens/s", file=sys.stderr)
+                if c not in best or run[0] < best[c][0]:
+                    best[c] = run
+        finally:
+            server.stop()
+        runs.append(offline(path, texts))
+        print(f"{name}: offline {runs[-1][1] / runs[-1][0]:,.0f} tokens/s", file=sys.stderr)
+    results = [(c, *best[c]) for c in CLIENTS]
     seconds, tokens = min(runs)
     base_rate = tokens / seconds
     rows = [f"| {name} | offline `encode()` | - | {len(texts) / seconds:,.1f} | {base_rate:,.0f} | 1.00x | - | - |"]
@@ -166,22 +171,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write-readme", action="store_true")
     p.add_argument("--texts-per-request", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=1, help="rounds of served runs, each followed by an offline run; "
+                                                         "the fastest of each kept")
     p.add_argument("--models", nargs="*", default=list(TEXTS), choices=list(TEXTS))
     args = p.parse_args()
     paths = models()
     rows, goals = [], []
     for name in args.models:
-        r, ratio = bench_model(name, paths[name], args.texts_per_request)
+        r, ratio = bench_model(name, paths[name], args.texts_per_request, args.repeat)
         rows += r
         goals.append(f"| {name}: served throughput at 32 clients vs offline encode() | >= {GOAL}x | {ratio:.2f}x | "
                      f"{'yes' if ratio >= GOAL else '**no**'} |")
-    table = render(rows, goals, args.texts_per_request)
+    table = render(rows, goals, args.texts_per_request, args.repeat)
     print(table)
     if args.write_readme:
         write_region("serve", table)
 
 
-def render(rows, goals, per_request) -> str:
+def render(rows, goals, per_request, repeat) -> str:
     import numpy as np
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -194,7 +201,8 @@ def render(rows, goals, per_request) -> str:
         f"Texts: the corpus of benchmarks/bench.py (3 to 250 words), {per_request} per request, sent to "
         "`/v1/embeddings` (base64, as the openai client asks) by 1, 8 or 32 client threads over keep-alive "
         "connections; tokens count [CLS]/[SEP] after truncation. Offline: `encode()` of the same texts "
-        "(batch_size 32) in a fresh process, before and after the served runs, the faster kept.",
+        f"(batch_size 32) in a fresh process, before and after each of {repeat} round(s) of served runs; "
+        "the fastest run of each mode is kept.",
         "",
         "| model | mode | requests | texts/s | tokens/s | vs offline | p50 ms | p99 ms |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",

@@ -379,7 +379,7 @@ def test_env_key_default_names_and_no_truncate(small, minilm):
 def test_overload_then_sigterm_drains(small, minilm):
     """Two long requests fill --max-concurrent-requests 2: a third is a 429 at once, on each route in
     its own format. Then SIGTERM while they compute: both still get their 200, and the exit is 0."""
-    texts = [t[:900] for t in LONG[:60]]  # just under 256 tokens: --no-truncate accepts them
+    texts = [t[:900] for t in LONG[:40]]  # just under 256 tokens: --no-truncate accepts them
     answers = []
     busy = [threading.Thread(target=lambda: answers.append(small.post(RUN + "model", {"text": texts},
                                                                        key=ENV_KEY, timeout=300)))
@@ -402,9 +402,11 @@ def test_overload_then_sigterm_drains(small, minilm):
         for t in busy:
             t.join(300)
     assert [a.status_code for a in answers] == [200, 200]
-    ref = minilm.encode(texts, pooling="mean")
+    some = [0, 17, 39]  # a sample: encode() of all here would add to the test's time
+    ref = minilm.encode([texts[i] for i in some], pooling="mean")
     for a in answers:
-        np.testing.assert_allclose(a.json()["result"]["data"], ref, atol=1e-5)
+        assert a.json()["result"]["shape"] == [40, 384]
+        np.testing.assert_allclose(np.array(a.json()["result"]["data"])[some], ref, atol=1e-5)
 
 
 def test_missing_serve_extra_is_one_line(minilm_path):
