@@ -80,13 +80,14 @@ def _embed_corpus(args) -> int:
 def _serve(args) -> int:
     from .embedder import load
     from .server import Settings, serve, served_names  # a BgeRefError naming the serve extra if it is missing
-    for flag in ("max_batch_tokens", "max_concurrent_requests", "max_body_bytes"):
+    for flag in ("max_batch_tokens", "max_batch_size", "max_concurrent_requests", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     model = load(args.model, dtype=args.dtype, weights_dtype=args.weights_dtype)
     settings = Settings(served=args.served_model_name or served_names(args.model, model.name),
                         api_key=args.api_key or os.environ.get("BGE_REF_API_KEY") or None,
-                        max_batch_tokens=args.max_batch_tokens, max_concurrent_requests=args.max_concurrent_requests,
+                        max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
+                        max_concurrent_requests=args.max_concurrent_requests,
                         max_body_bytes=args.max_body_bytes, truncate=not args.no_truncate)
     return serve(model, settings, args.host, args.port)
 
@@ -102,6 +103,7 @@ def _add_serve(sub):
                    help="a model name clients may ask for (repeatable; replaces the default: the hub id or "
                         "directory name, plus @cf/baai/bge-large-en-v1.5 for BAAI/bge-large-en-v1.5)")
     s.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens (batch x longest) per batch")
+    s.add_argument("--max-batch-size", type=int, default=32, help="texts per batch (encode()'s batch_size)")
     s.add_argument("--max-concurrent-requests", type=int, default=512, help="in flight; past it, 429 at once")
     s.add_argument("--max-body-bytes", type=int, default=2_000_000, help="larger bodies get 413 before parsing")
     s.add_argument("--no-truncate", action="store_true", help="a text over the max length is a 400, not truncated")

@@ -267,7 +267,7 @@ def test_info_tokenize_metrics(srv, minilm_path):
     info = srv.get("/info").json()
     assert info["served_model_names"] == NAMES and info["hidden_size"] == 384 and info["num_hidden_layers"] == 6
     assert info["max_input_tokens"] == 256 and info["pooling"] == "mean" and info["truncate"] is True
-    assert info["limits"] == {"max_batch_tokens": 16384, "max_concurrent_requests": 512, "max_body_bytes": 2_000_000,
+    assert info["limits"] == {"max_batch_tokens": 16384, "max_batch_size": 32, "max_concurrent_requests": 512, "max_body_bytes": 2_000_000,
                               "max_texts_per_run_request": 100, "max_openai_inputs": 2048}
     from tokenizers import Tokenizer
     hf = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
@@ -379,7 +379,7 @@ def test_env_key_default_names_and_no_truncate(small, minilm):
 def test_overload_then_sigterm_drains(small, minilm):
     """Two long requests fill --max-concurrent-requests 2: a third is a 429 at once, on each route in
     its own format. Then SIGTERM while they compute: both still get their 200, and the exit is 0."""
-    texts = [t[:900] for t in LONG[:60]]  # just under 256 tokens: --no-truncate accepts them
+    texts = [t[:900] for t in LONG[:40]]  # just under 256 tokens: --no-truncate accepts them
     answers = []
     busy = [threading.Thread(target=lambda: answers.append(small.post(RUN + "model", {"text": texts},
                                                                        key=ENV_KEY, timeout=300)))
@@ -402,9 +402,11 @@ def test_overload_then_sigterm_drains(small, minilm):
         for t in busy:
             t.join(300)
     assert [a.status_code for a in answers] == [200, 200]
-    ref = minilm.encode(texts, pooling="mean")
+    some = [0, 17, 39]  # a sample: encode() of all here would add to the test's time
+    ref = minilm.encode([texts[i] for i in some], pooling="mean")
     for a in answers:
-        np.testing.assert_allclose(a.json()["result"]["data"], ref, atol=1e-5)
+        assert a.json()["result"]["shape"] == [40, 384]
+        np.testing.assert_allclose(np.array(a.json()["result"]["data"])[some], ref, atol=1e-5)
 
 
 def test_missing_serve_extra_is_one_line(minilm_path):
