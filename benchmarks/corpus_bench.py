@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's bge_ref, whatever is pip-installed
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
+from readme_regions import machine, write_region  # noqa: E402
 THREADS = 2
 
 
@@ -46,15 +45,6 @@ def best(fn, repeat):
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    import numpy as np
-    import ray
-    return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"Ray {ray.__version__}")
 
 
 def run(args):
@@ -106,7 +96,7 @@ def table(texts, tokens, rows, memory, args) -> str:
     cmd = "python benchmarks/corpus_bench.py" + (" --write-readme" if args.write_readme else "")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t_encode, t_job = rows[0][1], rows[1][1]
-    out = [f"Measured {when} with `{cmd}` on: {machine()}. all-MiniLM-L6-v2, {len(texts):,} generated texts "
+    out = [f"Measured {when} with `{cmd}` on: {machine('ray')}. all-MiniLM-L6-v2, {len(texts):,} generated texts "
            f"of 3 to 60 words ({tokens:,} tokens), batch size {args.batch_size}. encode() and the local job "
            f"interleaved, best of {args.repeat}; Ray runs timed once with the cluster up (actor start-up and "
            f"checkpoint loading included), windows of {args.ray_window} texts so that each actor has several.", "",
@@ -126,16 +116,6 @@ def table(texts, tokens, rows, memory, args) -> str:
     return "\n".join(out)
 
 
-def write_readme(text: str):
-    readme = ROOT / "README.md"
-    s = readme.read_text()
-    pat = re.compile(r"(<!-- BEGIN corpus[^>]*-->\n).*?(<!-- END corpus -->)", re.S)
-    if not pat.search(s):
-        raise SystemExit("README.md has no corpus markers")
-    readme.write_text(pat.sub(lambda m: m.group(1) + text + "\n" + m.group(2), s, count=1))
-    print("README.md corpus region updated", file=sys.stderr)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--texts", type=int, default=2000)
@@ -152,7 +132,7 @@ def main():
     text = table(*run(args), args)
     print(text)
     if args.write_readme:
-        write_readme(text)
+        write_region("corpus", text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -30,8 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's bge_ref, whatever is pip-installed
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
 from benchmarks.bench import cache_dir, corpus  # noqa: E402
+from readme_regions import write_region  # noqa: E402
 
 CLIENTS = (1, 8, 32)
 GOAL = 0.9  # served throughput at 32 clients, as a share of offline encode()'s
@@ -212,17 +212,6 @@ def render(rows, goals, per_request, repeat) -> str:
         "| --- | --- | --- | --- |",
         *goals,
     ])
-
-
-def write_region(name: str, table: str):
-    """Replace only the text between README's markers of region `name`, re-reading it just before writing."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    pat = re.compile(rf"(<!-- BEGIN {name}[^>]*-->\n).*?(<!-- END {name} -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit(f"README.md has no {name} markers")
-    readme.write_text(pat.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text, count=1))
-    print(f"README.md {name} region updated", file=sys.stderr)
 
 
 if __name__ == "__main__":

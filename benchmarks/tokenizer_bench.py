@@ -22,14 +22,14 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's bge_ref, whatever is pip-installed
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
+from readme_regions import machine, write_region  # noqa: E402
 PARAGRAPHS = 400  # embedded for the encode() share
 
 
@@ -84,19 +84,6 @@ def encode_share(directory: Path, texts: list[str], repeat: int) -> dict[str, tu
     return out
 
 
-def machine() -> str:
-    import numpy as np
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import tokenizers
-    import transformers
-    return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"tokenizers {tokenizers.__version__}, transformers {transformers.__version__}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions per peer (best kept)")
@@ -129,7 +116,7 @@ def main():
     legacy = runs["transformers BertTokenizer (pure Python)"] / ours
     py_tok, py_enc = share["python"]
     lines = [
-        f"Measured {started:%Y-%m-%d %H:%M} UTC with `{cmd}` on: {machine()}.",
+        f"Measured {started:%Y-%m-%d %H:%M} UTC with `{cmd}` on: {machine('tokenizers', 'transformers')}.",
         f"Corpus: pydoc_data.topics, {len(texts)} texts, {sum(map(len, texts)):,} characters, {tokens:,} tokens "
         "(identical ids from bge_ref and `tokenizers`, checked in the run); best of "
         f"{args.repeat}, on a fresh tokenizer each time.",
@@ -155,23 +142,12 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.write_readme:
-        write_readme(table)
+        write_region("tokenizer", table)
 
 
 def _counts(directory, texts):
     import bge_ref
     return bge_ref.load(directory).count_tokens(texts)
-
-
-def write_readme(table: str):
-    """Replace only the text between the tokenizer markers, re-reading README just before writing."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    pat = re.compile(r"(<!-- BEGIN tokenizer[^>]*-->\n).*?(<!-- END tokenizer -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit("README.md has no tokenizer markers")
-    readme.write_text(pat.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text, count=1))
-    print("README.md tokenizer region updated", file=sys.stderr)
 
 
 if __name__ == "__main__":

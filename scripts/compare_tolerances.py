@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))      # this checkout's bge_ref
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref
 
 import numpy as np  # noqa: E402
 
@@ -40,6 +39,7 @@ import bge_ref  # noqa: E402
 from bge_ref.dump import read_dump  # noqa: E402
 from bge_ref.verify import DEFAULT_TEXTS, PRESETS, compare_stages, write_reference  # noqa: E402
 from tests.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir  # noqa: E402
+from readme_regions import machine, write_region  # noqa: E402
 
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/compare_tolerances.py"
 MARGIN = 2.0       # a preset is at least this many times the worst stage measured for it
@@ -155,15 +155,6 @@ def render(results, shapes, peaks, seconds, machine) -> tuple[str, list[str]]:
     return "\n".join(lines), short
 
 
-def machine() -> str:
-    import platform
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    import torch
-    return (f"{cpu}, {os.cpu_count()} cores; NumPy {np.__version__}, torch {torch.__version__} "
-            f"({torch.backends.cpu.get_cpu_capability()}), onnxruntime {__import__('onnxruntime').__version__}")
-
-
 def example(tmp: Path) -> str:
     """`bge-ref compare` as a user runs it, on MiniLM's reference and a tanh-GELU transformers dump."""
     d = tmp / "example"
@@ -177,17 +168,6 @@ def example(tmp: Path) -> str:
     if r.returncode != 1:
         raise SystemExit(f"the gelu_new example should fail with status 1, got {r.returncode}: {r.stderr}")
     return f"```text\n$ bge-ref compare ref.safetensors mine.npz\n{r.stdout.rstrip()}\n```"
-
-
-def write_regions(readme: Path, regions: dict):
-    """Replace only our regions; read and write back to back, as others edit README too."""
-    text = readme.read_text(encoding="utf-8")
-    for name, body in regions.items():
-        markers = re.compile(rf"(<!-- BEGIN {name}[^\n]*-->\n)(.*?)(<!-- END {name} -->)", re.S)
-        if not markers.search(text):
-            raise SystemExit(f"{readme}: {name} markers not found")
-        text = markers.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text, count=1)
-    readme.write_text(text, encoding="utf-8")
 
 
 def main(argv=None) -> int:
@@ -215,10 +195,11 @@ def main(argv=None) -> int:
             results[name], peaks[name] = measure(name, make(), texts, tmp)
             shapes[name] = next(iter(results[name].values())).shape
         shown = example(tmp)
-    text, short = render(results, shapes, peaks, time.time() - start, machine())
+    text, short = render(results, shapes, peaks, time.time() - start, machine("torch", "onnxruntime"))
     print(shown, text, sep="\n\n")
     if not args.no_write:
-        write_regions(Path(args.readme), {"compare-tolerances": text, "compare-example": shown})
+        for name, body in {"compare-tolerances": text, "compare-example": shown}.items():
+            write_region(name, body, Path(args.readme))
         print(f"wrote the compare-tolerances and compare-example regions of {args.readme}")
     for s in short:
         print(f"PRESET WITHOUT ITS MARGIN: {s}", file=sys.stderr)

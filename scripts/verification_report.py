@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bge_ref  # noqa: E402
 from tests.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir  # noqa: E402
 from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, format_table, four_runs, oracle_study  # noqa: E402
+from readme_regions import cpu, numpy_blas_info, write_region  # noqa: E402
 
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/verification_report.py"
-MARKERS = re.compile(r"(<!-- BEGIN verification[^\n]*-->\n)(.*?)(<!-- END verification -->)", re.S)
 
 
 def study(directory, texts) -> tuple[dict, tuple]:
@@ -59,14 +58,8 @@ def worst_ratios(reports) -> dict:
 
 
 def blas_kernel() -> tuple[str, str]:
-    """NumPy's OpenBLAS kernel (threadpoolctl), and the CPU."""
-    import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
-    from threadpoolctl import threadpool_info
-    kernel = next((i.get("architecture", "?") for i in threadpool_info()
-                   if i["user_api"] == "blas" and any(k in i["filepath"] for k in ("numpy", "scipy_openblas"))), "?")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")
-    return kernel, cpu
+    """NumPy's OpenBLAS kernel, and the CPU."""
+    return numpy_blas_info().get("architecture", "?"), cpu()
 
 
 LOWER_KERNELS = {"SkylakeX": "Haswell", "Cooperlake": "Haswell", "SapphireRapids": "Haswell"}
@@ -174,14 +167,6 @@ def render(res, stats, seconds, kernels) -> str:
     return "\n".join(out)
 
 
-def write_region(readme: Path, text: str):
-    """Replace only the verification region; read and write back to back, as others edit README too."""
-    old = readme.read_text(encoding="utf-8")
-    if not MARKERS.search(old):
-        raise SystemExit(f"{readme}: verification markers not found")
-    readme.write_text(MARKERS.sub(lambda m: m.group(1) + text + "\n" + m.group(3), old, count=1), encoding="utf-8")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--readme", default=str(ROOT / "README.md"))
@@ -218,7 +203,7 @@ def main(argv=None) -> int:
     if args.no_write:
         print(text)
     else:
-        write_region(Path(args.readme), text)
+        write_region("verification", text, Path(args.readme))
         print(f"wrote the verification region of {args.readme}")
     return 0
 
