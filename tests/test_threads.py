@@ -40,12 +40,20 @@ def test_chunks_cover_the_range_once(n, parts):
     assert not sizes or max(sizes) - min(sizes) <= 1
 
 
-def test_blas_limit_restores_the_thread_count():
+def numpy_blas_threads() -> list[int]:
+    """Thread counts of NumPy's own BLAS: the one bge_ref limits (a BLAS another package loads later,
+    say torch's or onnxruntime's, is not bge_ref's to limit)."""
     import threadpoolctl  # the optional `fast` extra, which CI installs
-    before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info()
+            if p["user_api"] == "blas" and any(k in p["filepath"] for k in ("numpy", "scipy_openblas"))]
+
+
+def test_blas_limit_restores_the_thread_count():
+    before = numpy_blas_threads()
+    assert before
     with threads.blas_single_threaded():
-        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
-    assert [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"] == before
+        assert numpy_blas_threads() == [1] * len(before)
+    assert numpy_blas_threads() == before
 
 
 @pytest.mark.parametrize("value, expected", [("3", 3), (" 1 ", 1), ("", None)])
@@ -62,9 +70,8 @@ def test_bad_threads_env_is_a_clear_error(value, monkeypatch):
 
 
 def test_split_limits_blas_and_is_reentrant(monkeypatch):
-    import threadpoolctl
     monkeypatch.setattr(threads, "THREADS", 2)
-    blas = lambda: [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    blas = numpy_blas_threads
     before = blas()
     with threads.split() as parts:
         assert parts == 2 and all(n == 1 for n in blas())
