@@ -35,7 +35,7 @@ def numpy_blas_info() -> dict:
     except ImportError:
         return {}
     libs = sorted((i for i in threadpool_info() if i["user_api"] == "blas"),
-                  key=lambda i: not any(k in i["filepath"] for k in ("numpy", "scipy_openblas")))
+                  key=lambda i: "numpy" not in i["filepath"])
     return libs[0] if libs else {}
 
 

@@ -263,7 +263,8 @@ def test_called_from_the_pool_itself(monkeypatch):
 def test_finds_numpys_openblas_with_its_integer_width():
     from threadpoolctl import threadpool_info
     sgemm, config = gemm.find_sgemm()
-    numpys = next(i for i in threadpool_info() if i["internal_api"] == "openblas")
+    # NumPy's own OpenBLAS (in numpy.libs), not another package's loaded by an earlier test
+    numpys = next(i for i in threadpool_info() if i["internal_api"] == "openblas" and "numpy" in i["filepath"])
     assert numpys["version"] in config and numpys["architecture"] in config  # the OpenBLAS NumPy calls
     assert (sgemm.argtypes[3] is ctypes.c_int64) == ("USE64BITINT" in config.split())
 
