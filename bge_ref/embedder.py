@@ -59,8 +59,10 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forw
 
 
 def l2_normalize(v):
-    """Rows scaled to unit L2 norm, as torch's F.normalize (eps 1e-12, so a zero row stays zero)."""
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    """Rows scaled to unit L2 norm, as torch's F.normalize (eps 1e-12, so a zero row stays zero).
+    Computed in float64 and rounded once: one vector per text, so it costs nothing."""
+    v64 = np.asarray(v, np.float64)
+    return (v64 / np.maximum(np.linalg.norm(v64, axis=-1, keepdims=True), 1e-12)).astype(v.dtype, copy=False)
 
 
 def _as_texts(texts, what="texts") -> tuple[list[str], bool]:
@@ -148,8 +150,11 @@ class Embedder:
         """(B, S, D) hidden states -> (B, D): the [CLS] vector, or the mean over real tokens."""
         if pooling == "cls":
             return hidden[:, 0]                                               # (B, D)
-        mask = attention_mask[..., None].astype(hidden.dtype)                 # (B, S, 1)
-        return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)  # (B, D)
+        # Each text's real tokens summed in float64 and rounded once (a float32 sum over 512 tokens
+        # rounds 512 times); an all-padding row gives zeros, as sentence-transformers' clamp does.
+        real = np.asarray(attention_mask).astype(bool)                        # (B, S)
+        mean = np.stack([h[r].sum(axis=0, dtype=np.float64) / max(int(r.sum()), 1) for h, r in zip(hidden, real)])
+        return mean.astype(hidden.dtype, copy=False)                          # (B, D)
 
     def encode(self, texts, *, pooling=None, normalize=None, batch_size=32, prompt=None, truncate=True):
         """Embed texts: a list gives (n, D), a single str gives (D,).
