@@ -15,7 +15,6 @@ way, for comparison. Every timing is the best of --repeat, the candidates interl
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import threading
 import time
@@ -23,11 +22,12 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
 import bge_ref  # noqa: E402  (first: it sets OpenBLAS's idle-thread timeout before NumPy loads)
 import bge_ref.fast as F  # noqa: E402
 import numpy as np  # noqa: E402
-from bench import THREADS, machine, models  # noqa: E402
+from bench import THREADS, models  # noqa: E402
+from readme_regions import machine, write_region  # noqa: E402
 
 # (function of bge_ref.fast, what it is, the projection it contains, whether it runs on the pool)
 BLOCKS = [("embeddings", "embeddings (gather + LayerNorm)", None, False),
@@ -176,15 +176,10 @@ def main():
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     parts = [report(name, path, repeat=args.repeat)[0] for name, path in models().items()]
-    text = "\n\n".join([f"`python benchmarks/breakdown.py` on {machine()}.", *parts])
+    text = "\n\n".join([f"`python benchmarks/breakdown.py` on {machine('torch')}; {THREADS} threads used.", *parts])
     print(text)
     if args.write_readme:
-        readme = ROOT / "README.md"
-        pat = re.compile(r"(<!-- BEGIN profile[^>]*-->\n).*?(<!-- END profile -->)", re.S)
-        content = readme.read_text()
-        if not pat.search(content):
-            raise SystemExit("README.md has no profile markers")
-        readme.write_text(pat.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content, count=1))
+        write_region("profile", text)
 
 
 if __name__ == "__main__":

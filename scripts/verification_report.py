@@ -204,7 +204,6 @@ def main(argv=None) -> int:
         print(text)
     else:
         write_region("verification", text, Path(args.readme))
-        print(f"wrote the verification region of {args.readme}")
     return 0
 
 
