@@ -187,9 +187,8 @@ class Embedder:
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.pad([encodings[i] for i in idx])
                 hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                out[[lo + i for i in idx]] = self.pool(hidden, batch["attention_mask"], pooling)
-        if normalize:
-            out = l2_normalize(out)
+                pooled = self.pool(hidden, batch["attention_mask"], pooling)  # (b, D)
+                out[[lo + i for i in idx]] = l2_normalize(pooled) if normalize else pooled  # row by row: per batch
         return out[0] if single else out
 
     def encode_stream(self, texts, *, batch_size=32, window=TOKENIZE_CHUNK, **kw):
