@@ -253,7 +253,7 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     peak = machine_gflops()
     print(f"machine float32 matmul: {peak:.1f} GFLOP/s", file=sys.stderr)
-    rows, extras, measured = [], {}, {}
+    rows, measured = [], {}
     for mname, path in paths.items():
         cfg = json.loads((path / "config.json").read_text())
         print(f"{mname}:", file=sys.stderr)

@@ -414,11 +414,11 @@ def compare(model, texts=None, dtype="float32", *, hf_model=None, batch=None, fo
                           meta=meta)
 
 
-def oracle_study(runs: dict, mask=None) -> dict[str, Report]:
+def oracle_study(runs: dict) -> dict[str, Report]:
     """Parity in both dtypes, then the float64 oracle study: the float32 error of each implementation
     against bge_ref float64 (which agrees with transformers float64 to ~1e-14), stage by stage.
     `runs` holds runs keyed ("ours" | "torch", "float32" | "float64") on one batch (four_runs); each
-    carries its attention_mask, so `mask` is not needed (accepted for older callers)."""
+    carries its attention_mask."""
     oracle = runs["ours", "float64"]
     parity = {dt: compare_stages(runs["torch", dt], runs["ours", dt], TOLERANCES[dt], title=f"bge_ref vs transformers, {dt}")
               for dt in TOLERANCES}
