@@ -1,8 +1,9 @@
 """The fast forward path: model.py's function, computed with the speed machinery kept out of it.
 
-Each function here replaces the reference function of the same name and signature (read model.py
-first; the dimension legend and the parameter layout are drawn there); what is not replaced is
-imported from it. tests/test_fast.py holds the two paths together (1e-13 in float64, the float32
+Each function here replaces the reference function of the same name (read model.py first; the
+dimension legend and the parameter layout are drawn there); `bert` and the per-row blocks keep its
+signature, while `self_attention`, `layer` and `encoder` take packed (N, D) rows and their runs of
+sequences (`packed`) where the reference takes (B, S, D) and a mask. tests/test_fast.py holds the two paths together (1e-13 in float64, the float32
 tolerances in float32). What differs, each measured in benchmarks/:
 
 - each core owns a share of the token rows: it multiplies them with BLAS single-threaded, then does
@@ -18,10 +19,15 @@ tolerances in float32). What differs, each measured in benchmarks/:
 - attention normalizes after @ V and skips the max shift while exp stays in range (`attention`);
 - the float32 GELU is within 1 ulp of |x| (erf.gelu_fast), not of its result: half the work;
 - LayerNorm and the FFN write into the buffers they already own instead of allocating new ones;
-- a batch without padding gets no mask (adding zeros would only cost time).
+- padding is never computed: the real tokens of a padded batch are packed end to end (`packed`),
+  every row-wise step runs on them alone, and attention runs per run of equal-length sequences,
+  so no key is padding and no mask is needed. Its rows of the result are zero (the reference's are
+  whatever padding computes to; neither is read, as pooling and verify read real tokens only).
+  A server batch of mixed lengths costs its real tokens, not batch x longest text.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -29,10 +35,9 @@ import numpy as np
 from . import gemm, threads
 from .config import BertConfig
 from .erf import gelu_fast
-from .model import attention_mask_bias
 
 __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_output", "intermediate", "output",
-           "layer", "encoder", "bert", "embeddings", "attention_mask_bias"]
+           "layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
 
 
 def linear(x, w, b, out=None):
@@ -94,17 +99,25 @@ def attention(q, k, v, mask_bias, shift=False):
     return ctx                                               # (b, h, S, Dh)
 
 
-def self_attention(x, mask_bias, qkv, n_head):
-    """BertSelfAttention: each core projects its own rows, then takes whole blocks of heads."""
-    B, S, D = x.shape
-    rows, qkv = x.reshape(B * S, D), widened(qkv, x)         # (N, D); float16 weights widened once
-    proj = np.empty((B * S, 3 * D), x.dtype)                 # (N, 3D)
-    ctx = np.empty((B, S, n_head, D // n_head), x.dtype)     # (B, S, H, Dh) heads already side by side
+def self_attention(x, runs, qkv, n_head):
+    """BertSelfAttention on packed rows: x (N, D) holds the real tokens of every sequence, end to end,
+    and `runs` lists them as (first row, sequences, length) runs of equal-length sequences (`packed`).
+    Each core projects its own rows, then takes whole blocks of heads; no key is ever padding."""
+    N, D = x.shape
+    qkv = widened(qkv, x)                                    # float16 weights widened once
+    proj = np.empty((N, 3 * D), x.dtype)                     # (N, 3D)
+    ctx = np.empty((N, D), x.dtype)                          # (N, D) heads side by side, as the projection wants
+
+    def block(start, b, S, heads):
+        r = slice(start, start + b * S)
+        q, k, v = proj[r].reshape(b, S, 3, n_head, D // n_head).transpose(2, 0, 3, 1, 4)  # 3 x (b, H, S, Dh)
+        out = ctx[r].reshape(b, S, n_head, D // n_head).transpose(0, 2, 1, 3)  # (b, H, S, Dh) view
+        out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None)
+
     with threads.split() as parts:
-        threads.run(lambda r: linear(rows[r], **qkv, out=proj[r]), _rows(B * S, parts), parts > 1)
-        q, k, v = proj.reshape(B, S, 3, n_head, D // n_head).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, S, Dh)
-        heads_in_parallel(attention, q, k, v, mask_bias, ctx.transpose(0, 2, 1, 3), parts)  # (B, H, S, Dh) view
-    return ctx.reshape(B, S, D)                              # (B, S, D)
+        threads.run(lambda r: linear(x[r], **qkv, out=proj[r]), _rows(N, parts), parts > 1)
+        threads.run(block, attention_blocks(runs, n_head, x.itemsize, parts), parts > 1)
+    return ctx                                               # (N, D)
 
 
 def attention_output(ctx, x, dense, ln, eps):
@@ -127,15 +140,14 @@ def output(h, x, dense, ln, eps):
     return layer_norm(y, **ln, eps=eps, out=y)               # (..., D)
 
 
-def layer(x, mask_bias, attn, attn_out, inter, out, n_head, eps):
-    """BertLayer: self-attention, then every row's attention output and feed-forward block on the
-    core that owns the row, ROWS_BLOCK rows at a time. Nothing waits for another core between
-    the matmuls: one core's GELU or LayerNorm runs while the other multiplies."""
-    ctx = self_attention(x, mask_bias, **attn, n_head=n_head)  # (B, S, D)
-    B, S, D = x.shape
+def layer(x, runs, attn, attn_out, inter, out, n_head, eps):
+    """BertLayer on packed rows (N, D): self-attention, then every row's attention output and
+    feed-forward block on the core that owns the row, ROWS_BLOCK rows at a time. Nothing waits for
+    another core between the matmuls: one core's GELU or LayerNorm runs while the other multiplies."""
+    ctx = self_attention(x, runs, **attn, n_head=n_head)     # (N, D)
     attn_out, out = (dict(p, dense=widened(p["dense"], x)) for p in (attn_out, out))  # once, not per block
     inter = dict(inter, dense=widened(inter["dense"], x))
-    x, ctx, y = x.reshape(B * S, D), ctx.reshape(B * S, D), np.empty((B * S, D), x.dtype)  # (N, D)
+    y = np.empty_like(x)                                     # (N, D)
 
     def rows(r):
         for s in range(r.start, r.stop, ROWS_BLOCK):
@@ -144,25 +156,54 @@ def layer(x, mask_bias, attn, attn_out, inter, out, n_head, eps):
             y[t] = output(intermediate(a, **inter), a, **out, eps=eps)  # (n, D)
 
     with threads.split() as parts:
-        threads.run(rows, _rows(B * S, parts), parts > 1)
-    return y.reshape(B, S, D)                                # (B, S, D)
+        threads.run(rows, _rows(len(x), parts), parts > 1)
+    return y                                                 # (N, D)
 
 
-def encoder(x, mask_bias, layers, config: BertConfig, output_hidden_states=False):
-    """BertEncoder, as model.encoder, on this module's layer."""
+def encoder(x, runs, layers, config: BertConfig, output_hidden_states=False):
+    """BertEncoder, as model.encoder, on packed rows (N, D)."""
     states = [x] if output_hidden_states else None
     for p in layers:
-        x = layer(x, mask_bias, **p, n_head=config.num_attention_heads, eps=config.layer_norm_eps)  # (B, S, D)
+        x = layer(x, runs, **p, n_head=config.num_attention_heads, eps=config.layer_norm_eps)  # (N, D)
         if output_hidden_states:
             states.append(x)
-    return x, states                                         # (B, S, D)
+    return x, states                                         # (N, D)
 
 
 def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, output_hidden_states=False):
-    """BertModel without the pooler, as model.bert; an unpadded batch gets no mask at all."""
+    """BertModel without the pooler, as model.bert, computed on the real tokens only: padding is
+    neither computed nor attended to (no mask is needed), and its rows of the result are zero."""
     x = embeddings(input_ids, token_type_ids, **params["embeddings"], eps=config.layer_norm_eps)  # (B, S, D)
-    mask_bias = None if attention_mask.all() else attention_mask_bias(attention_mask, x.dtype)  # (B, 1, 1, S)
-    return encoder(x, mask_bias, params["layers"], config, output_hidden_states)
+    B, S, D = x.shape
+    real, runs = packed(attention_mask)
+    rows = x.reshape(B * S, D) if real is None else x.reshape(B * S, D)[real]  # (N, D) real tokens, end to end
+    last, states = encoder(rows, runs, params["layers"], config, output_hidden_states)
+    return unpacked(last, real, (B, S)), None if states is None else [unpacked(h, real, (B, S)) for h in states]
+
+
+def packed(attention_mask):
+    """The real tokens' rows of the flattened (B*S) batch (None: all of them), and the
+    (first row, sequences, length) runs of equal-length sequences they form once packed.
+    Right or left padding, or holes: a sequence is the tokens its mask keeps, at their positions."""
+    mask = np.asarray(attention_mask).astype(bool)           # (B, S)
+    if mask.all():
+        return None, [(0, *mask.shape)]
+    runs, start = [], 0
+    for S, group in itertools.groupby(mask.sum(axis=1).tolist()):
+        b = len(list(group))
+        if S:                                                # an all-padding row has no tokens to compute
+            runs.append((start, b, S))
+        start += b * S
+    return np.flatnonzero(mask.ravel()), runs
+
+
+def unpacked(rows, real, shape):
+    """(N, D) packed rows -> (B, S, D), zero where the batch was padding."""
+    if real is None:
+        return rows.reshape(*shape, -1)                      # (B, S, D) a view
+    out = np.zeros((shape[0] * shape[1], rows.shape[-1]), rows.dtype)
+    out[real] = rows
+    return out.reshape(*shape, -1)                           # (B, S, D)
 
 
 # -- machinery: weights stored narrower than the compute, and both cores for what BLAS leaves serial --
@@ -182,29 +223,24 @@ def _rows(n, parts):
     return [(s,) for s in threads.chunks(n, parts)]
 
 
-def heads_in_parallel(fn, q, k, v, mask_bias, out, parts):
-    """out[b, h] = fn(q, k, v, mask) over blocks of (batch, head), spread over `parts` threads
-    (called inside threads.split(), so BLAS is single-threaded in each).
+def attention_blocks(runs, n_head, itemsize, parts):
+    """self_attention's work list: (first row, sequences, length, heads) blocks, to be spread over
+    `parts` threads (inside threads.split(), so BLAS is single-threaded in each).
 
     Each head's matmuls are small (S x Dh); BLAS would spread every one of them over the cores
     and spend more time synchronizing than computing. So the threads take whole blocks of heads
     instead, each block's scores small enough to stay in the cache.
     """
-    B, H, S = q.shape[:3]
-    head_bytes = S * S * q.itemsize                          # one head's (S, S) scores
-    if B >= parts:                                           # whole sequences per block
-        n = max(1, min(B // parts, SCORES_BLOCK_BYTES // (H * head_bytes)))
-        blocks = [(slice(b, b + n), slice(None)) for b in range(0, B, n)]
-    else:                                                    # fewer sequences than cores: split heads too
-        n = max(1, min(B * H // parts, SCORES_BLOCK_BYTES // head_bytes))
-        blocks = [(slice(b, b + 1), slice(h, h + n)) for b in range(B) for h in range(0, H, n)]
-
-    def block(bs, hs):
-        m = None if mask_bias is None else mask_bias[bs]
-        out[bs, hs] = fn(q[bs, hs], k[bs, hs], v[bs, hs], m)
-
-    threads.run(block, blocks, parts > 1)
-    return out
+    blocks = []
+    for start, B, S in runs:
+        head_bytes = S * S * itemsize                        # one head's (S, S) scores
+        if B >= parts:                                       # whole sequences per block
+            n = max(1, min(B // parts, SCORES_BLOCK_BYTES // (n_head * head_bytes)))
+            blocks += [(start + b * S, min(n, B - b), S, slice(None)) for b in range(0, B, n)]
+        else:                                                # fewer sequences than cores: split heads too
+            n = max(1, min(B * n_head // parts, SCORES_BLOCK_BYTES // head_bytes))
+            blocks += [(start + b * S, 1, S, slice(h, h + n)) for b in range(B) for h in range(0, n_head, n)]
+    return blocks
 
 
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no

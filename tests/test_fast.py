@@ -54,6 +54,40 @@ def test_forward_keyword_selects_the_path(tiny):
             bge_ref.load(tiny[0], forward=bad)
 
 
+def test_packed_rows_and_runs():
+    """Only real tokens are computed: their rows, and runs of equal-length sequences for attention."""
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1], [1, 0, 1, 0]])
+    real, runs = fast.packed(mask)
+    assert real.tolist() == [0, 1, 2, 4, 5, 6, 13, 14, 15, 16, 18]
+    assert runs == [(0, 2, 3), (6, 1, 3), (9, 1, 2)]          # the empty row has no run
+    assert fast.packed(np.ones((2, 5), int)) == (None, [(0, 2, 5)])
+    rows = np.arange(11.0)[:, None] + 1
+    grid = fast.unpacked(rows, real, (5, 4))
+    assert grid.shape == (5, 4, 1) and (grid[..., 0] != 0).sum() == 11 and (grid[..., 0][mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_padding_and_holes_match_reference(tiny, dtype):
+    """Each sequence is the tokens its mask keeps, as transformers reads it, holes included.
+    Equal-length sequences share one attention run; padding rows come out zero."""
+    directory, hf = tiny
+    model = bge_ref.load(directory, dtype=dtype)
+    batch = model.tokenize(["a b c d e f", "a b c d e f", "a b c d e f", "one two", "x"])
+    mask = batch["attention_mask"].copy()
+    mask[2, 2] = 0                                         # a hole
+    assert fast.packed(mask)[1] == [(0, 2, 8), (16, 1, 7), (23, 1, 4), (27, 1, 3)] and mask[3, 4] == 0
+    ids = np.where(mask == 1, batch["input_ids"], 0)
+    ours = model.forward(ids, mask)
+    ref = bge_ref.load(directory, dtype=dtype, forward="reference").forward(ids, mask)
+    real = mask.astype(bool)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    assert np.abs(ours[real] - ref[real]).max() <= tol
+    assert (ours[~real] == 0).all()
+    theirs = hf_forward(hf, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+                        torch.float64)[-1]
+    assert np.abs(ours[real] - theirs[real]).max() <= (1e-12 if dtype == "float64" else 1e-4)
+
+
 def test_unpadded_batch_skips_mask_and_matches(tiny):
     directory, hf = tiny
     model = bge_ref.load(directory, dtype="float64")
@@ -151,11 +185,11 @@ def _float16_softmax_attention(q, k, v, mask_bias, **_):  # probabilities rounde
 
 
 FAST_LAYER_NORM = fast.layer_norm
-SABOTAGE = {  # a real error in GELU, LayerNorm, softmax or masking, each made in the fast path
+SABOTAGE = {  # a real error in GELU, LayerNorm, softmax or padding, each made in the fast path
     "tanh GELU": lambda mp: mp.setattr(fast, "intermediate", _tanh_gelu_intermediate),
     "LayerNorm eps 1e-5": lambda mp: mp.setattr(fast, "layer_norm", lambda x, g, b, eps, **kw: FAST_LAYER_NORM(x, g, b, 1e-5, **kw)),
     "float16 softmax": lambda mp: mp.setattr(fast, "attention", _float16_softmax_attention),
-    "padding not masked": lambda mp: mp.setattr(fast, "attention_mask_bias", lambda m, dtype: np.zeros((len(m), 1, 1, m.shape[1]), dtype)),
+    "padding attended": lambda mp: mp.setattr(fast, "packed", lambda mask: (None, [(0, *np.shape(mask))])),
 }
 
 
