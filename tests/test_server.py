@@ -423,3 +423,26 @@ def test_served_names_and_loopback():
     assert server_module.served_names(None, "BAAI/bge-small-en-v1.5") == ["BAAI/bge-small-en-v1.5"]
     assert all(map(server_module.is_loopback, ["127.0.0.1", "::1", "localhost"]))
     assert not any(map(server_module.is_loopback, ["0.0.0.0", "192.168.1.2", "example.org"]))
+
+
+def test_worker_fills_a_rounds_last_batch_from_the_next_round(minilm, monkeypatch):
+    """In process, deterministic: request A (6 texts) starts a round of batches of 4; request B
+    (3 texts) arrives during it. The round's last batch (A's 2 leftover texts) is topped up with B's
+    2 shortest, rather than run half empty; every request still gets its own vectors, in order."""
+    from bge_ref import api
+    worker = server_module.Worker(minilm, 16384, 4, server_module.Metrics())
+    sizes, plain = [], worker._compute
+    monkeypatch.setattr(worker, "_compute", lambda batch: sizes.append(len(batch)) or plain(batch))
+    a = server_module.Job([api.Group(MORE[:6], "mean", "input")], truncate=True)
+    b = server_module.Job([api.Group(STORIES, "cls", "input")], truncate=True)
+    worker.inbox.put(a)
+    worker.inbox.put((lambda model: worker.inbox.put(b), server_module.Future()))  # B arrives once A's round began
+    worker.start()
+    try:
+        (va,), _ = a.future.result(60)
+        (vb,), _ = b.future.result(60)
+    finally:
+        worker.stop()
+    assert sizes == [4, 4, 1]                                # not [4, 2, 3]
+    np.testing.assert_allclose(va, minilm.encode(MORE[:6], pooling="mean", normalize=True), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(vb, minilm.encode(STORIES, pooling="cls", normalize=True), rtol=0, atol=1e-6)
