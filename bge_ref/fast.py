@@ -42,9 +42,14 @@ __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_out
 
 def linear(x, w, b, out=None):
     """x @ w + b as one 2-D matmul over every token, K summed in short chunks (gemm.py: at most the
-    rounding error of torch's matmul), the bias added in place (into `out` if given)."""
-    y = gemm.matmul(x.reshape(-1, x.shape[-1]), as_compute(w, x), out=out)  # (N, out)
-    y += b
+    rounding error of torch's matmul), into `out` if given. The output starts as the bias and BLAS
+    adds the products into it, as torch's addmm does: no pass of its own for the bias. (Starting
+    from bias + residual would save one more, but the products would then be summed onto the
+    residual's large values, rounding at their scale: 1.25x transformers' max error on MiniLM.)"""
+    x2 = x.reshape(-1, x.shape[-1])                          # (N, in)
+    y = np.empty((len(x2), w.shape[1]), x.dtype) if out is None else out  # (N, out)
+    y[...] = b
+    gemm.matmul(x2, as_compute(w, x), out=y, accumulate=True)
     return y.reshape(*x.shape[:-1], -1)                      # (..., out)
 
 
@@ -74,17 +79,20 @@ def embeddings(input_ids, token_type_ids, word, position, token_type, ln, eps):
     return layer_norm(x, **ln, eps=eps, out=x)               # (B, S, D)
 
 
-def attention(q, k, v, mask_bias, shift=False):
+def attention(q, k, v, mask_bias, shift=False, scale=None):
     """softmax(q k^T / sqrt(Dh) + mask) v for a stack of heads; q, k, v (b, h, S, Dh).
 
     Three passes over the (S, S) scores (scale, exp, sum) instead of six: softmax(s) @ v =
     (exp(s) @ v) / sum(exp(s)), so the division touches the (S, Dh) result, not the scores. And
     softmax is unchanged by a shift of s, so the usual shift by the row max (as HF) only guards exp
     against over- and underflow; it is skipped while every row sum is well inside the dtype's range
-    (scores within about +-46), and the block is redone with it otherwise.
+    (scores within about +-46), and the block is redone with it otherwise. `scale` is 1/sqrt(Dh)
+    unless given (1.0 when q comes already scaled).
     """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.transpose(0, 1, 3, 2)                     # (b, h, S, S)
-    scores *= 1.0 / math.sqrt(q.shape[-1])
+    if scale != 1.0:
+        scores *= scale
     if mask_bias is not None:
         scores += mask_bias                                  # (b, h, S, S) padded keys -> -inf-ish
     if shift:
@@ -93,7 +101,7 @@ def attention(q, k, v, mask_bias, shift=False):
         e = np.exp(scores, out=scores)                       # (b, h, S, S) unnormalized probabilities
     total = e.sum(axis=-1, keepdims=True)                    # (b, h, S, 1)
     if not shift and not ((total > 1e-20) & (total < 1e20)).all():
-        return attention(q, k, v, mask_bias, shift=True)     # exp under- or overflowed somewhere
+        return attention(q, k, v, mask_bias, shift=True, scale=scale)  # exp under- or overflowed somewhere
     ctx = e @ v                                              # (b, h, S, Dh)
     ctx /= total
     return ctx                                               # (b, h, S, Dh)
@@ -102,20 +110,29 @@ def attention(q, k, v, mask_bias, shift=False):
 def self_attention(x, runs, qkv, n_head):
     """BertSelfAttention on packed rows: x (N, D) holds the real tokens of every sequence, end to end,
     and `runs` lists them as (first row, sequences, length) runs of equal-length sequences (`packed`).
-    Each core projects its own rows, then takes whole blocks of heads; no key is ever padding."""
+    Each core projects its own rows, then takes whole blocks of heads; no key is ever padding.
+    When 1/sqrt(Dh) is a power of two (bge-large: 1/8), it scales q instead of the scores: exact
+    either way, and q is half the size of the scores at 128 tokens, less at 512."""
     N, D = x.shape
     qkv = widened(qkv, x)                                    # float16 weights widened once
     proj = np.empty((N, 3 * D), x.dtype)                     # (N, 3D)
     ctx = np.empty((N, D), x.dtype)                          # (N, D) heads side by side, as the projection wants
+    scale = 1.0 / math.sqrt(D // n_head)
+    exact = math.frexp(scale)[0] == 0.5                      # a power of two: q * scale rounds nothing
+
+    def project(r):
+        linear(x[r], **qkv, out=proj[r])                     # (n, 3D)
+        if exact:
+            proj[r, :D] *= scale                             # (n, D) the q columns
 
     def block(start, b, S, heads):
         r = slice(start, start + b * S)
         q, k, v = proj[r].reshape(b, S, 3, n_head, D // n_head).transpose(2, 0, 3, 1, 4)  # 3 x (b, H, S, Dh)
         out = ctx[r].reshape(b, S, n_head, D // n_head).transpose(0, 2, 1, 3)  # (b, H, S, Dh) view
-        out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None)
+        out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None, scale=1.0 if exact else None)
 
     with threads.split() as parts:
-        threads.run(lambda r: linear(x[r], **qkv, out=proj[r]), _rows(N, parts), parts > 1)
+        threads.run(project, _rows(N, parts), parts > 1)
         threads.run(block, attention_blocks(runs, n_head, x.itemsize, parts), parts > 1)
     return ctx                                               # (N, D)
 

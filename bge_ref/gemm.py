@@ -46,8 +46,10 @@ SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_openblas_get_config64_"), ("scipy_cbl
            ("cblas_sgemm64_", "openblas_get_config64_"), ("cblas_sgemm", "openblas_get_config")]
 
 
-def matmul(x, w, out=None):
-    """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK.
+def matmul(x, w, out=None, accumulate=False):
+    """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK;
+    with accumulate=True, out += x @ w (out then holds, say, a bias: BLAS adds the products to it as
+    it stores them, as torch's addmm does, so no pass of its own is needed for it).
 
     Anything else (float64, float16 @ float16, stacks of matrices, vectors, subclasses, K <= CHUNK,
     empty shapes, shape errors) is np.matmul itself. Operands with rows or columns of unit stride
@@ -55,23 +57,31 @@ def matmul(x, w, out=None):
     copied to float32 first; an `out` that BLAS cannot write directly (other dtype, columns not of
     unit stride, overlapping an input) receives a copy of the result.
     """
+    if accumulate and out is None:
+        raise ValueError("accumulate=True adds into out, which is missing")
     if not _eligible(x, w, out):
+        if accumulate:
+            out += np.matmul(x, w)
+            return out
         return np.matmul(x, w, out=out)
     x, w = _operand(x), _operand(w)                       # (N, K), (K, M) float32, rows or columns of unit stride
     N, M = x.shape[0], w.shape[1]
     y = out if out is not None and _writable_by_blas(out, x, w) else np.empty((N, M), np.float32)  # (N, M)
+    if accumulate and y is not out:
+        np.copyto(y, out, casting="same_kind")
     sgemm = blas()
     product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
-    on_row_blocks(lambda rows: chunked(x[rows], w, y[rows], product()), N)
+    on_row_blocks(lambda rows: chunked(x[rows], w, y[rows], product(), accumulate), N)
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
     return out
 
 
-def chunked(x, w, y, add_product):
-    """y = x @ w summed over K chunk by chunk: add_product(xk, wk, acc, first) sets (first) or adds
-    xk @ wk into acc, the partial sum of the chunk's group; the groups' partial sums are added last."""
+def chunked(x, w, y, add_product, accumulate=False):
+    """y = x @ w (y += x @ w if accumulate) summed over K chunk by chunk: add_product(xk, wk, acc,
+    first) sets (first) or adds xk @ wk into acc, the partial sum of the chunk's group; the groups'
+    partial sums are added last."""
     part = None
     for g, (g0, g1) in enumerate(groups(x.shape[1])):
         if g and part is None:
@@ -79,7 +89,7 @@ def chunked(x, w, y, add_product):
         acc = y if g == 0 else part
         for k0 in range(g0, g1, CHUNK):
             k1 = min(k0 + CHUNK, g1)
-            add_product(x[:, k0:k1], w[k0:k1], acc, k0 == g0)  # (N, k) @ (k, M) into (N, M)
+            add_product(x[:, k0:k1], w[k0:k1], acc, k0 == g0 and not (accumulate and g == 0))  # (N, k) @ (k, M) into (N, M)
         if g:
             y += part                                     # (N, M)
 

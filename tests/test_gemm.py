@@ -120,6 +120,28 @@ def test_every_chunk_and_group_counted_once(path, group, monkeypatch):
     np.testing.assert_array_equal(gemm.matmul(x, w), x.astype(np.float64) @ w)
 
 
+@pytest.mark.parametrize("group", [gemm.GROUP, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])  # float64: np.matmul's own path
+def test_accumulate_adds_every_chunk_to_out_once(path, group, dtype, monkeypatch):
+    """accumulate=True: out += x @ w, out's own values counted once (exact with small integers),
+    in place, also through a copy when BLAS cannot write out directly (every other column)."""
+    monkeypatch.setattr(gemm, "GROUP", group)
+    K = 5 * gemm.CHUNK + 7
+    x = (np.arange(4 * K).reshape(4, K) % (2 + np.arange(4))[:, None] == 0).astype(dtype)
+    w = (np.arange(K * 3).reshape(K, 3) % 7).astype(dtype)
+    c = np.arange(12, dtype=dtype).reshape(4, 3) - 100
+    want = c.astype(np.float64) + x.astype(np.float64) @ w
+    out = c.copy()
+    assert gemm.matmul(x, w, out=out, accumulate=True) is out
+    np.testing.assert_array_equal(out, want)
+    strided = np.zeros((4, 6), dtype)[:, ::2]
+    strided[...] = c
+    gemm.matmul(x, w, out=strided, accumulate=True)
+    np.testing.assert_array_equal(strided, want)
+    with pytest.raises(ValueError, match="accumulate=True adds into out"):
+        gemm.matmul(x, w, accumulate=True)
+
+
 def test_views_and_copies(path):
     rng = np.random.default_rng(1)
     big = rng.normal(size=(40, 700)).astype(np.float32)
