@@ -111,25 +111,23 @@ def self_attention(x, runs, qkv, n_head):
     """BertSelfAttention on packed rows: x (N, D) holds the real tokens of every sequence, end to end,
     and `runs` lists them as (first row, sequences, length) runs of equal-length sequences (`packed`).
     Each core projects its own rows, then takes whole blocks of heads; no key is ever padding.
-    When 1/sqrt(Dh) is a power of two (bge-large: 1/8), it scales q instead of the scores: exact
-    either way, and q is half the size of the scores at 128 tokens, less at 512."""
+    It scales q by 1/sqrt(Dh) instead of the scores: q is half their size at 128 tokens (bge-large),
+    a quarter (MiniLM), less at 512. Exact when 1/sqrt(Dh) is a power of two (bge-large: 1/8);
+    otherwise it rounds once in q where it rounded once in the scores (MiniLM: within 1.2x
+    transformers' error, tests/test_fast.py)."""
     N, D = x.shape
     qkv = widened(qkv, x)                                    # float16 weights widened once
     proj = np.empty((N, 3 * D), x.dtype)                     # (N, 3D)
     ctx = np.empty((N, D), x.dtype)                          # (N, D) heads side by side, as the projection wants
-    scale = 1.0 / math.sqrt(D // n_head)
-    exact = math.frexp(scale)[0] == 0.5                      # a power of two: q * scale rounds nothing
-
     def project(r):
         linear(x[r], **qkv, out=proj[r])                     # (n, 3D)
-        if exact:
-            proj[r, :D] *= scale                             # (n, D) the q columns
+        proj[r, :D] *= 1.0 / math.sqrt(D // n_head)          # (n, D) the q columns
 
     def block(start, b, S, heads):
         r = slice(start, start + b * S)
         q, k, v = proj[r].reshape(b, S, 3, n_head, D // n_head).transpose(2, 0, 3, 1, 4)  # 3 x (b, H, S, Dh)
         out = ctx[r].reshape(b, S, n_head, D // n_head).transpose(0, 2, 1, 3)  # (b, H, S, Dh) view
-        out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None, scale=1.0 if exact else None)
+        out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None, scale=1.0)  # q is scaled
 
     with threads.split() as parts:
         threads.run(project, _rows(N, parts), parts > 1)
@@ -263,5 +261,7 @@ def attention_blocks(runs, n_head, itemsize, parts):
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20
-# Rows of the (rows, F) intermediate a core keeps between its two FFN matmuls (see layer()).
-ROWS_BLOCK = 512
+# Rows of the (rows, F) intermediate a core keeps between its two FFN matmuls (see layer()): longer
+# BLAS calls beat a cache-sized intermediate (MiniLM corpus encode(), 1000 texts: 256 rows 12.4 s,
+# 512 11.6 s, 1024 11.3 s, 2048 11.9 s).
+ROWS_BLOCK = 1024
