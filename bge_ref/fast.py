@@ -246,11 +246,11 @@ def attention_blocks(runs, n_head, itemsize, parts):
     and spend more time synchronizing than computing. So the threads take whole blocks of heads
     instead, each block's scores small enough to stay in the cache.
     """
-    blocks = []
+    blocks, whole = [], sum(B for _, B, _ in runs) >= parts  # enough sequences to go round: no head split
     for start, B, S in runs:
         head_bytes = S * S * itemsize                        # one head's (S, S) scores
-        if B >= parts:                                       # whole sequences per block
-            n = max(1, min(B // parts, SCORES_BLOCK_BYTES // (n_head * head_bytes)))
+        if whole:                                            # whole sequences per block
+            n = max(1, min(-(-B // parts), SCORES_BLOCK_BYTES // (n_head * head_bytes)))
             blocks += [(start + b * S, min(n, B - b), S, slice(None)) for b in range(0, B, n)]
         else:                                                # fewer sequences than cores: split heads too
             n = max(1, min(B * n_head // parts, SCORES_BLOCK_BYTES // head_bytes))
