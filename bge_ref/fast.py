@@ -3,8 +3,8 @@
 Each function here replaces the reference function of the same name (read model.py first; the
 dimension legend and the parameter layout are drawn there); `bert` and the per-row blocks keep its
 signature, while `self_attention`, `layer` and `encoder` take packed (N, D) rows and their runs of
-sequences (`packed`) where the reference takes (B, S, D) and a mask. tests/test_fast.py holds the two paths together (1e-13 in float64, the float32
-tolerances in float32). What differs, each measured in benchmarks/:
+sequences (`packed`) where the reference takes (B, S, D) and a mask. tests/test_fast.py holds the
+two paths together (1e-13 in float64, the float32 tolerances in float32). What differs, each measured in benchmarks/:
 
 - each core owns a share of the token rows: it multiplies them with BLAS single-threaded, then does
   their bias, residual, GELU and LayerNorm right away, ROWS_BLOCK rows at a time (`layer`). So the
@@ -119,6 +119,7 @@ def self_attention(x, runs, qkv, n_head):
     qkv = widened(qkv, x)                                    # float16 weights widened once
     proj = np.empty((N, 3 * D), x.dtype)                     # (N, 3D)
     ctx = np.empty((N, D), x.dtype)                          # (N, D) heads side by side, as the projection wants
+
     def project(r):
         linear(x[r], **qkv, out=proj[r])                     # (n, 3D)
         proj[r, :D] *= 1.0 / math.sqrt(D // n_head)          # (n, D) the q columns

@@ -89,7 +89,8 @@ def chunked(x, w, y, add_product, accumulate=False):
         acc = y if g == 0 else part
         for k0 in range(g0, g1, CHUNK):
             k1 = min(k0 + CHUNK, g1)
-            add_product(x[:, k0:k1], w[k0:k1], acc, k0 == g0 and not (accumulate and g == 0))  # (N, k) @ (k, M) into (N, M)
+            first = k0 == g0 and not (accumulate and g == 0)  # the first group adds to out's own values
+            add_product(x[:, k0:k1], w[k0:k1], acc, first)   # (N, k) @ (k, M) into (N, M)
         if g:
             y += part                                     # (N, M)
 
