@@ -108,15 +108,16 @@ def profile(path, B=8, S=128, repeat=5):
     L = model.params["layers"]
     xs = {D: rng.standard_normal((B * S, D), np.float32) for D in (model.config.hidden_size, model.config.intermediate_size)}
 
-    def blas():                                           # every projection of the forward, bare
-        for p in L:
-            for w in (p["attn"]["qkv"]["w"], p["attn_out"]["dense"]["w"], p["inter"]["dense"]["w"], p["out"]["dense"]["w"]):
-                xs[w.shape[0]] @ w
+    weights = [w for p in L for w in (p["attn"]["qkv"]["w"], p["attn_out"]["dense"]["w"], p["inter"]["dense"]["w"],
+                                      p["out"]["dense"]["w"])]  # every projection of the forward
 
-    def accurate():                                       # the same, as the forward sums them (gemm.py)
-        for p in L:
-            for w in (p["attn"]["qkv"]["w"], p["attn_out"]["dense"]["w"], p["inter"]["dense"]["w"], p["out"]["dense"]["w"]):
-                gemm.matmul(xs[w.shape[0]], w)
+    def blas():                                           # bare
+        for w in weights:
+            xs[w.shape[0]] @ w
+
+    def accurate():                                       # as the forward sums them (gemm.py)
+        for w in weights:
+            gemm.matmul(xs[w.shape[0]], w)
 
     ours(), theirs(), blas(), accurate()
     plain = {"ours": [], "theirs": [], "blas": [], "accurate": []}

@@ -207,11 +207,11 @@ class Worker(threading.Thread):
             if not current:
                 current, waiting = sorted(waiting, key=lambda r: len(r.tokens.ids)), []
             if current:
-                n = self._batch_len(current)
+                n = self._fit([], current)
                 batch, current = current[:n], current[n:]
                 if not current and waiting:  # the round's last batch: fill it up from the next round's
                     waiting.sort(key=lambda r: len(r.tokens.ids))  # shortest rows (the fast path computes
-                    k = self._top_up(batch, waiting)               # real tokens only: mixing costs nothing)
+                    k = self._fit(batch, waiting)                  # real tokens only: mixing costs nothing)
                     batch, waiting = batch + waiting[:k], waiting[k:]
                 self._compute(batch)
 
@@ -235,18 +235,10 @@ class Worker(threading.Thread):
             self.metrics.add("bge_ref_texts_dropped_total", len(rows) - len(kept))
         return kept
 
-    def _batch_len(self, rows: list[Row]) -> int:
-        """How many of the (ascending) rows fit max_batch_size, and max_batch_tokens padded to the
-        last one's length."""
-        n = 1
-        while (n < min(len(rows), self.max_batch_size)
-               and (n + 1) * len(rows[n].tokens.ids) <= self.max_batch_tokens):
-            n += 1
-        return n
-
-    def _top_up(self, batch: list[Row], rows: list[Row]) -> int:
-        """How many of the (ascending) rows can join the batch within both limits."""
-        longest, k = max(len(r.tokens.ids) for r in batch), 0
+    def _fit(self, batch: list[Row], rows: list[Row]) -> int:
+        """How many of the (ascending) rows can join the batch within max_batch_size rows and
+        max_batch_tokens padded to the longest; a new batch (empty) takes at least one."""
+        longest, k = max((len(r.tokens.ids) for r in batch), default=0), 0 if batch else 1
         while (len(batch) + k < self.max_batch_size and k < len(rows)
                and (len(batch) + k + 1) * max(longest, len(rows[k].tokens.ids)) <= self.max_batch_tokens):
             k += 1
