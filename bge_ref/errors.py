@@ -11,3 +11,7 @@ class InputError(BgeRefError, ValueError):
 
 class CheckpointError(BgeRefError):
     """A checkpoint that is missing, corrupt or does not match its config (names the file or tensor)."""
+
+
+class NumericalError(BgeRefError):
+    """A computation that produced a non-finite value (NaN or infinity): never returned as a result."""
