@@ -14,14 +14,15 @@ and a parser of our own can say exactly which tensor a corrupt file gets wrong.
 """
 from __future__ import annotations
 
-import json
+import math
 import mmap
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from . import threads
+from . import jsonfile, threads
 from .config import BertConfig
 from .errors import CheckpointError
 
@@ -34,7 +35,8 @@ _IGNORED_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids", "classifier."
 
 
 def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
-    """Map every tensor of a .safetensors file: {name: (dtype tag, read-only array view)}."""
+    """Map every tensor of a .safetensors file: {name: (dtype tag, read-only array view)}.
+    Only the header is read; the views touch no tensor data until they are used."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -46,57 +48,72 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
             if n > size - 8 or n > 100_000_000:
                 raise CheckpointError(f"{path}: header claims {n} bytes but the file has {size - 8} after the length "
                                       "(truncated or not a safetensors file)")
-            header = json.loads(f.read(n))
+            raw_header = f.read(n)
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
     except CheckpointError:
         raise
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except OSError as e:
         raise CheckpointError(f"{path}: cannot read safetensors header ({e})") from None
+    header = jsonfile.parse(raw_header, path, "cannot read safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     start, data_len = 8 + n, size - 8 - n
     tensors, spans = {}, []
     for name, info in header.items():
-        try:
-            tag, shape, (b, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-        if tag not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {tag!r}")
+        tag, shape, (b, e) = _header_entry(path, name, info)
         dt = _DTYPES[tag]
-        want = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e <= data_len) or any(d < 0 for d in shape):
-            raise CheckpointError(f"{path}: tensor {name!r} claims bytes [{b}, {e}) but the data section has "
-                                  f"{data_len} bytes (truncated or corrupt file)")
+        want = math.prod(shape) * dt.itemsize  # Python ints: a huge shape cannot wrap around
+        if not 0 <= b <= e <= data_len:
+            raise CheckpointError(f"{path}: tensor {jsonfile.show(name)} claims bytes [{b}, {e}) but the data "
+                                  f"section has {data_len} bytes (truncated or corrupt file)")
         if e - b != want:
-            raise CheckpointError(f"{path}: tensor {name!r} has {e - b} bytes for shape {shape} {tag} ({want} needed)")
+            raise CheckpointError(f"{path}: tensor {jsonfile.show(name)} has {e - b} bytes for shape {shape} {tag} "
+                                  f"({want} needed)")
         spans.append((b, e, name))
         arr = np.frombuffer(buf, dtype=dt, count=want // dt.itemsize, offset=start + b) if want else np.zeros(0, dt)
         tensors[name] = (tag, arr.reshape(shape))
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
-            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the file (corrupt header)")
+            raise CheckpointError(f"{path}: tensors {jsonfile.show(n0)} and {jsonfile.show(n1)} overlap in the file (corrupt header)")
     return tensors
 
 
-def _embedding_table(c: BertConfig):
-    """bge_ref parameter path -> (HF name, HF shape) for BertEmbeddings."""
-    D = c.hidden_size
+def _header_entry(path, name, info) -> tuple[str, list[int], tuple[int, int]]:
+    """(dtype tag, shape, (begin, end)) of one header entry, every field of the right JSON type."""
+    def integers(value):
+        return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+
+    ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and integers(info.get("shape"))
+          and integers(info.get("data_offsets")) and len(info["data_offsets"]) == 2)
+    if not ok:
+        raise CheckpointError(f"{path}: tensor {jsonfile.show(name)} has a malformed header entry "
+                              f"{jsonfile.show(info)} (expected dtype, shape and data_offsets)")
+    if info["dtype"] not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {jsonfile.show(name)} has unsupported dtype {jsonfile.show(info['dtype'])}")
+    return info["dtype"], info["shape"], tuple(info["data_offsets"])
+
+
+# Tensor shapes are written in config.json's field names, so that a mismatch names the field.
+V, D, F, P, T = "vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings", "type_vocab_size"
+
+
+def _embedding_table():
+    """bge_ref parameter path -> (HF name, HF shape in config fields) for BertEmbeddings."""
     return {
-        "word": ("embeddings.word_embeddings.weight", (c.vocab_size, D)),
-        "position": ("embeddings.position_embeddings.weight", (c.max_position_embeddings, D)),
-        "token_type": ("embeddings.token_type_embeddings.weight", (c.type_vocab_size, D)),
+        "word": ("embeddings.word_embeddings.weight", (V, D)),
+        "position": ("embeddings.position_embeddings.weight", (P, D)),
+        "token_type": ("embeddings.token_type_embeddings.weight", (T, D)),
         "ln.g": ("embeddings.LayerNorm.weight", (D,)),
         "ln.b": ("embeddings.LayerNorm.bias", (D,)),
     }
 
 
-def _layer_table(c: BertConfig, i: int):
-    """bge_ref parameter path -> (HF name, HF shape) for encoder layer i. 2-D weights are transposed
-    on load; q, k and v are fused into attn.qkv afterwards."""
-    D, F, p = c.hidden_size, c.intermediate_size, f"encoder.layer.{i}."
+def _layer_table(i: int):
+    """bge_ref parameter path -> (HF name, HF shape in config fields) for encoder layer i. 2-D weights
+    are transposed on load; q, k and v are fused into attn.qkv afterwards."""
+    p = f"encoder.layer.{i}."
     return {
         "q.w": (p + "attention.self.query.weight", (D, D)), "q.b": (p + "attention.self.query.bias", (D,)),
         "k.w": (p + "attention.self.key.weight", (D, D)), "k.b": (p + "attention.self.key.bias", (D,)),
@@ -110,6 +127,39 @@ def _layer_table(c: BertConfig, i: int):
         "out.dense.w": (p + "output.dense.weight", (D, F)), "out.dense.b": (p + "output.dense.bias", (D,)),
         "out.ln.g": (p + "output.LayerNorm.weight", (D,)), "out.ln.b": (p + "output.LayerNorm.bias", (D,)),
     }
+
+
+def _check_layer_count(raw: dict, config: BertConfig, path: Path):
+    """config.json's num_hidden_layers against the layers the file holds, before a table is built for
+    each of them (a corrupt count of 10^9 must cost nothing)."""
+    found = {int(m.group(1)) for k in raw if (m := re.match(r"encoder\.layer\.(\d+)\.", k))}
+    if len(found) < config.num_hidden_layers:  # more layers are named by _check_against_header
+        raise CheckpointError(f"{path}: holds {len(found)} encoder layers, but config.json's num_hidden_layers "
+                              f"is {config.num_hidden_layers}; config.json and the weights do not match")
+
+
+def _check_against_header(raw: dict, tables: list[dict], config: BertConfig, path: Path):
+    """Every tensor the config implies is in the file, as a float, with the config's shape; nothing
+    else is. Only the header is read: a mismatch is found before any tensor data is touched."""
+    wanted = {hf: dims for t in tables for hf, dims in t.values()}
+    missing = sorted(wanted.keys() - raw.keys())
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{path}: missing tensor(s) {', '.join(missing[:5])}{more} "
+                              f"(config.json says {config.num_hidden_layers} layers of size {config.hidden_size})")
+    unexpected = sorted(k for k in raw.keys() - wanted.keys() if not k.startswith(_IGNORED_PREFIXES))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {', '.join(k[:100] for k in unexpected[:5])}; "
+                              "is this a BertModel checkpoint with this config.json?")
+    for hf, dims in wanted.items():
+        tag, arr = raw[hf]
+        if tag not in _FLOATS:
+            raise CheckpointError(f"{path}: tensor {hf!r} has dtype {tag}, expected a float type")
+        shape = tuple(getattr(config, f) for f in dims)
+        if arr.shape != shape:
+            fields = ", ".join(f"{f} {getattr(config, f)}" for f in dict.fromkeys(dims))
+            raise CheckpointError(f"{path}: tensor {hf!r} has shape {arr.shape}, but config.json ({fields}) "
+                                  f"implies {shape}")
 
 
 def _nest(flat: dict) -> dict:
@@ -159,24 +209,12 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_
     dtype = np.dtype(dtype)
     store = np.dtype(weights_dtype) if weights_dtype is not None else dtype
     raw = {_hf_name(k): v for k, v in read_safetensors(path).items()}
-    tables = [_embedding_table(config)] + [_layer_table(config, i) for i in range(config.num_hidden_layers)]
-    wanted = {hf for t in tables for hf, _ in t.values()}
-    missing = sorted(wanted - raw.keys())
-    if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise CheckpointError(f"{path}: missing tensor(s) {', '.join(missing[:5])}{more} "
-                              f"(config.json says {config.num_hidden_layers} layers of size {config.hidden_size})")
-    unexpected = sorted(k for k in raw.keys() - wanted if not k.startswith(_IGNORED_PREFIXES))
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensor(s) {', '.join(unexpected[:5])}; "
-                              "is this a BertModel checkpoint with this config.json?")
+    _check_layer_count(raw, config, path)
+    tables = [_embedding_table()] + [_layer_table(i) for i in range(config.num_hidden_layers)]
+    _check_against_header(raw, tables, config, path)
 
-    def get(hf, shape):
+    def get(hf):
         tag, arr = raw[hf]
-        if tag not in _FLOATS:
-            raise CheckpointError(f"{path}: tensor {hf!r} has dtype {tag}, expected a float type")
-        if tuple(arr.shape) != shape:
-            raise CheckpointError(f"{path}: tensor {hf!r} has shape {tuple(arr.shape)}, config.json implies {shape}")
         if tag == "BF16":  # bfloat16 is the top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         if not np.isfinite(arr).all():
@@ -191,7 +229,7 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_
         return arr.T if arr.ndim == 2 and hf.startswith("encoder.") else arr  # (out, in) -> (in, out), a view
 
     def layer(table):
-        t = {name: get(hf, shape) for name, (hf, shape) in table.items()}
+        t = {name: get(hf) for name, (hf, _) in table.items()}
         q, k, v = t.pop("q.w"), t.pop("k.w"), t.pop("v.w")
         t["attn.qkv.w"] = np.concatenate([q, k, v], axis=1)                               # (D, 3D)
         t["attn.qkv.b"] = np.concatenate([t.pop("q.b"), t.pop("k.b"), t.pop("v.b")])     # (3D,)
@@ -199,7 +237,7 @@ def load_params(path: str | Path, config: BertConfig, dtype=np.float32, weights_
             _release_mapped_pages(w)                    # the fused copy is the only one kept resident
         return _nest(t)
 
-    emb = _nest({name: get(hf, shape) for name, (hf, shape) in tables[0].items()})
+    emb = _nest({name: get(hf) for name, (hf, _) in tables[0].items()})
     # Reading every weight page (the NaN check) and the QKV copies are most of a load, so layers are
     # loaded on all cores (bge-large size, best of 6: 0.39 s -> 0.25 s). A bad tensor still raises
     # the first error in layer order.

@@ -6,20 +6,22 @@ needs from them; a checkpoint without them gets bge's official usage ([CLS], the
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from . import jsonfile
 from .errors import CheckpointError
 
 
-def read_json(path: Path, default=None):
-    """A small JSON file of the checkpoint, or `default` when it is absent."""
+def read_json(path: Path, default=None, kind=None):
+    """A small JSON file of the checkpoint, or `default` when it is absent. With `kind` (dict or
+    list), a file holding another JSON type is a CheckpointError naming it."""
     if not path.is_file():
         return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    value = jsonfile.read(path)
+    if kind is not None and not isinstance(value, kind):
+        raise CheckpointError(f"{path}: expected a JSON {'object' if kind is dict else 'array'}, "
+                              f"got {type(value).__name__}")
+    return value
 
 
 def sentence_transformers_defaults(directory: Path) -> tuple[str, bool]:
@@ -27,14 +29,18 @@ def sentence_transformers_defaults(directory: Path) -> tuple[str, bool]:
 
     Without a modules.json the answer is bge's official usage: the [CLS] vector, L2-normalized.
     """
-    modules = read_json(directory / "modules.json")
-    if not isinstance(modules, list):
+    modules = read_json(directory / "modules.json", kind=list)
+    if modules is None:
         return "cls", True
     kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
     normalize = "Normalize" in kinds
     pooling = "cls"
     if "Pooling" in kinds:
-        cfg = read_json(directory / kinds["Pooling"].get("path", "") / "config.json", {})
+        sub = kinds["Pooling"].get("path", "")
+        if not isinstance(sub, str):
+            raise CheckpointError(f"{directory / 'modules.json'}: the Pooling module's path must be a string, "
+                                  f"got {jsonfile.show(sub)}")
+        cfg = read_json(directory / sub / "config.json", {}, kind=dict)
         if cfg.get("pooling_mode_mean_tokens"):
             pooling = "mean"
         elif not cfg.get("pooling_mode_cls_token"):
@@ -47,7 +53,7 @@ def sentence_transformers_defaults(directory: Path) -> tuple[str, bool]:
 def max_seq_length(directory: Path, max_positions: int) -> int:
     """The checkpoint's declared sequence limit, capped by its position table."""
     for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
-        value = (read_json(directory / name) or {}).get(key)
-        if isinstance(value, int) and 0 < value < 1_000_000:  # transformers writes 1e30 for "no limit"
+        value = read_json(directory / name, {}, kind=dict).get(key)
+        if type(value) is int and 0 < value < 1_000_000:  # transformers writes 1e30 for "no limit"
             return min(value, max_positions)
     return max_positions

@@ -134,6 +134,11 @@ ASSIGNED_9_0 = (
     " BFFFE-BFFFF CFFFE-CFFFF DFFFE-DFFFF E0001 E0020-E007F E0100-E01EF EFFFE-10FFFF"
 )
 
+# not punctuation or whitespace, but NFD (9.0) gives one: split after strip_accents
+DECOMPOSES_TO_SPLIT = (
+    "1FEF 2260 226E-226F"
+)
+
 # lowercase mappings of the letters added after Unicode 13.0 (Python 3.10's data) up to 16.0 (Rust's)
 LOWERCASE_AFTER_13_0 = {
     0x1C89: 0x1C8A, 0x2C2F: 0x2C5F, 0xA7C0: 0xA7C1, 0xA7CB: 0x264, 0xA7CC: 0xA7CD, 0xA7CE: 0xA7CF, 0xA7D0: 0xA7D1,

@@ -20,14 +20,14 @@ punctuation by Unicode 8.0, NFD by 9.0, lowercase and whitespace by Rust's 16.0.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import unicode_tables
+from . import jsonfile, unicode_tables
+from .config import MAX_VOCAB_SIZE
 from .errors import CheckpointError
 
 
@@ -54,6 +54,7 @@ OTHER = CodePoints(unicode_tables.OTHER)                      # Cc Cf Co (Unicod
 NONSPACING_MARK = CodePoints(unicode_tables.NONSPACING_MARK)  # Mn (Unicode 8.0)
 PUNCTUATION = CodePoints(unicode_tables.PUNCTUATION)          # P* (Unicode 8.0)
 ASSIGNED_9_0 = CodePoints(unicode_tables.ASSIGNED_9_0)
+DECOMPOSES_TO_SPLIT = CodePoints(unicode_tables.DECOMPOSES_TO_SPLIT)  # "≠" is "=" + U+0338 after NFD
 # Rust's char::is_whitespace: the White_Space property (Python's str.isspace() also takes \x1c-\x1f).
 WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 ASCII_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # Rust's char::is_ascii_punctuation
@@ -271,20 +272,23 @@ class WordPieceTokenizer:
         self.normalized_added = {n: t for t in added_tokens if t.normalized and (n := self.normalize(t.content))}
         self.template = template
         self.id_to_token = {i: t for t, i in vocab.items()} | {t.id: t.content for t in added_tokens}
-        self.vocab_size = len(set(vocab) | {t.content for t in added_tokens})
+        # Every id it can give is below this: the rows the word embedding needs.
+        self.vocab_size = 1 + max([*self.id_to_token, *template.before, *template.after])
         self._word_ids: dict[str, list[int]] = {}
 
     @classmethod
     def from_file(cls, path) -> "WordPieceTokenizer":
         path = Path(path)
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
+        return cls.from_spec(jsonfile.read(path), path)
+
+    @classmethod
+    def from_spec(cls, spec, path) -> "WordPieceTokenizer":
+        """From a parsed tokenizer.json; anything it cannot read is a CheckpointError naming `path`."""
         try:
             return cls(**read_spec(spec, path))
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot load tokenizer (malformed: {type(e).__name__} {e})") from None
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{path}: cannot load tokenizer (malformed: {type(e).__name__} "
+                                  f"{jsonfile.show(e.args[0]) if e.args else ''})") from None
 
     # -- the stages, on one text ---------------------------------------------------------------------
     def normalize(self, text: str) -> str:
@@ -333,13 +337,20 @@ def read_spec(spec: dict, path: Path) -> dict:
     model = spec.get("model") or {}
     kind = model.get("type", "WordPiece" if "continuing_subword_prefix" in model else None)
     if kind != "WordPiece":
-        _unsupported(path, f"model.type {kind!r}", "WordPiece models")
+        _unsupported(path, f"model.type {jsonfile.show(kind)}", "WordPiece models")
     vocab = model.get("vocab")
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+    if not isinstance(vocab, dict):
         raise CheckpointError(f"{path}: model.vocab must map tokens to integer ids")
+    check_token_ids(spec, path)
     unk = model.get("unk_token", "[UNK]")
-    if unk not in vocab:
-        raise CheckpointError(f"{path}: model.unk_token {unk!r} is not in model.vocab")
+    if not isinstance(unk, str) or unk not in vocab:
+        raise CheckpointError(f"{path}: model.unk_token {jsonfile.show(unk)} is not in model.vocab")
+    prefix, longest = model.get("continuing_subword_prefix", "##"), model.get("max_input_chars_per_word", 100)
+    if not isinstance(prefix, str):
+        raise CheckpointError(f"{path}: model.continuing_subword_prefix must be a string, got {jsonfile.show(prefix)}")
+    if type(longest) is not int or longest < 1:
+        raise CheckpointError(f"{path}: model.max_input_chars_per_word must be a positive integer, "
+                              f"got {jsonfile.show(longest)}")
 
     normalizer = spec.get("normalizer")
     if normalizer is not None:
@@ -357,8 +368,8 @@ def read_spec(spec: dict, path: Path) -> dict:
             _unsupported(path, f"added token {t.get('content')!r} with single_word", "added tokens without it")
         added.append(AddedToken(t["content"], t["id"], bool(t.get("lstrip")), bool(t.get("rstrip")),
                                 bool(t.get("normalized", not t.get("special")))))
-    return dict(vocab=vocab, unk_token=unk, continuing_subword_prefix=model.get("continuing_subword_prefix", "##"),
-                max_input_chars_per_word=model.get("max_input_chars_per_word", 100), normalizer=normalizer,
+    return dict(vocab=vocab, unk_token=unk, continuing_subword_prefix=prefix,
+                max_input_chars_per_word=longest, normalizer=normalizer,
                 added_tokens=added, template=read_template(spec.get("post_processor"), path))
 
 
@@ -368,7 +379,8 @@ def read_template(post: dict | None, path: Path) -> Template:
         return Template()
     if post.get("type") == "BertProcessing":
         (_, sep), (_, cls) = post["sep"], post["cls"]
-        return Template((cls,), (sep,), (0,), (0,), 0)
+        return Template((_token_id(cls, "post_processor.cls", path),), (_token_id(sep, "post_processor.sep", path),),
+                        (0,), (0,), 0)
     if post.get("type") != "TemplateProcessing":
         _unsupported(path, f"post_processor.type {post.get('type')!r}", "TemplateProcessing, BertProcessing or none")
     before, after, before_types, after_types, type_id, seen = [], [], [], [], 0, False
@@ -377,10 +389,47 @@ def read_template(post: dict | None, path: Path) -> Template:
             seen, type_id = True, item["Sequence"]["type_id"]
             continue
         special = item["SpecialToken"]
-        ids = post["special_tokens"][special["id"]]["ids"]
+        ids = [_token_id(i, f"post_processor.special_tokens[{special['id']!r}]", path)
+               for i in post["special_tokens"][special["id"]]["ids"]]
         (after if seen else before).extend(ids)
         (after_types if seen else before_types).extend([special["type_id"]] * len(ids))
     return Template(tuple(before), tuple(after), tuple(before_types), tuple(after_types), type_id)
+
+
+def check_token_ids(spec: dict, path) -> None:
+    """model.vocab and added_tokens give each token one id and each id one token, every id an integer
+    in [0, MAX_VOCAB_SIZE): an id of -5 or 10**12 would index outside the word embedding."""
+    model = spec.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict):
+        return  # no vocabulary of tokens to ids (Unigram's is a list): the tokenizers library checks it
+    owner = {}
+    for token, i in vocab.items():
+        i = _token_id(i, f"model.vocab[{jsonfile.show(token)}]", path)
+        if owner.setdefault(i, token) != token:
+            raise CheckpointError(f"{path}: model.vocab gives id {i} to both {jsonfile.show(owner[i])} and "
+                                  f"{jsonfile.show(token)}")
+    added = spec.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise CheckpointError(f"{path}: added_tokens must be a list, got {jsonfile.show(added)}")
+    for t in added:
+        content = t.get("content") if isinstance(t, dict) else None
+        if not isinstance(content, str) or not content:
+            raise CheckpointError(f"{path}: added token {jsonfile.show(t)} has no content string")
+        i = _token_id(t.get("id"), f"added token {jsonfile.show(content)}", path)
+        if content in vocab and vocab[content] != i:
+            raise CheckpointError(f"{path}: added token {jsonfile.show(content)} has id {i} but model.vocab gives "
+                                  f"it {vocab[content]}")
+        if owner.setdefault(i, content) != content:
+            raise CheckpointError(f"{path}: added token {jsonfile.show(content)} has id {i}, which is already "
+                                  f"{jsonfile.show(owner[i])}'s")
+
+
+def _token_id(value, what: str, path) -> int:
+    if type(value) is not int or not 0 <= value < MAX_VOCAB_SIZE:
+        raise CheckpointError(f"{path}: {what} has id {jsonfile.show(value)}; token ids must be integers from 0 "
+                              f"to {MAX_VOCAB_SIZE - 1}")
+    return value
 
 
 def _unsupported(path, what, supported):

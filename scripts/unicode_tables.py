@@ -52,6 +52,13 @@ LOWERCASE_AFTER_13_0 = {
 }
 
 
+# BertPreTokenizer's split characters besides Unicode's punctuation: Rust's char::is_ascii_punctuation
+# and char::is_whitespace (as in bge_ref/wordpiece.py).
+ASCII_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+              "\u2028\u2029\u202f\u205f\u3000")
+
+
 def assigned_by(version):
     return {cp for a, b, major, minor in iter_spans() if (major, minor) <= version for cp in range(a, b + 1)}
 
@@ -94,6 +101,9 @@ def main():
     other = [cp for cp, c in cats.items() if c in ("Cc", "Cf", "Co")]
     marks = [cp for cp, c in cats.items() if c == "Mn"]
     punct = [cp for cp, c in cats.items() if c.startswith("P")]
+    splits = set(punct) | {ord(c) for c in ASCII_PUNCTUATION + WHITESPACE}
+    to_split = [cp for cp in sorted(assigned_9_0) if cp not in splits and not 0xD800 <= cp < 0xE000
+                and any(ord(c) in splits for c in unicodedata.normalize("NFD", chr(cp)))]
     pairs = [f"0x{a:X}: 0x{b:X}," for a, b in sorted(LOWERCASE_AFTER_13_0.items())]
     lower = "\n".join("    " + " ".join(pairs[i:i + 7]) for i in range(0, len(pairs), 7))
     OUT.write_text(
@@ -104,9 +114,12 @@ def main():
         + wrap("NONSPACING_MARK", ranges(marks), "Mn in Unicode 8.0: the accents strip_accents removes after NFD") + "\n"
         + wrap("PUNCTUATION", ranges(punct), "Pc Pd Pe Pf Pi Po Ps in Unicode 8.0: BertPreTokenizer's punctuation (with ASCII's)") + "\n"
         + wrap("ASSIGNED_9_0", ranges(assigned_9_0), "assigned in Unicode 9.0: NFD leaves any later character as it is") + "\n"
+        + wrap("DECOMPOSES_TO_SPLIT", ranges(to_split), "not punctuation or whitespace, but NFD (9.0) gives one: "
+               "split after strip_accents") + "\n"
         + "# lowercase mappings of the letters added after Unicode 13.0 (Python 3.10's data) up to 16.0 (Rust's)\n"
         + f"LOWERCASE_AFTER_13_0 = {{\n{lower}\n}}\n")
-    print(f"wrote {OUT}: {len(other)} other, {len(marks)} Mn, {len(punct)} punctuation, {len(assigned_9_0)} assigned in 9.0")
+    print(f"wrote {OUT}: {len(other)} other, {len(marks)} Mn, {len(punct)} punctuation, {len(assigned_9_0)} assigned in 9.0, "
+          f"{len(to_split)} decomposing to a split")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The loader: strict checks at load time, each error naming the file and tensor."""
 import json
+import re
 import shutil
 import struct
 
@@ -9,7 +10,8 @@ from safetensors.numpy import load_file, save_file
 
 import bge_ref
 from bge_ref import CheckpointError
-from bge_ref.checkpoint import read_safetensors
+from bge_ref.checkpoint import load_params, read_safetensors
+from bge_ref.config import BertConfig
 
 
 @pytest.fixture
@@ -73,7 +75,8 @@ def test_wrong_shape(ckpt):
     def cut(t):
         t["encoder.layer.0.intermediate.dense.weight"] = t["encoder.layer.0.intermediate.dense.weight"][:100]
     _rewrite(ckpt, cut)
-    with pytest.raises(CheckpointError, match=r"intermediate\.dense\.weight' has shape \(100, 64\), config\.json implies \(128, 64\)"):
+    with pytest.raises(CheckpointError, match=r"intermediate\.dense\.weight' has shape \(100, 64\), but config\.json "
+                                              r"\(intermediate_size 128, hidden_size 64\) implies \(128, 64\)"):
         bge_ref.load(ckpt)
 
 
@@ -113,7 +116,7 @@ def test_integer_dtype(ckpt):
     ({"is_decoder": True}, "is_decoder"),
     ({"model_type": "roberta"}, "model_type is 'roberta'"),
     ({"hidden_size": 65}, "not divisible"),
-    ({"num_hidden_layers": 3}, r"missing tensor\(s\) encoder\.layer\.2"),
+    ({"num_hidden_layers": 3}, r"holds 2 encoder layers, but config\.json's num_hidden_layers is 3"),
 ])
 def test_config_rejected(ckpt, change, message):
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -141,3 +144,99 @@ def test_tokenizer_vocab_mismatch(ckpt):
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="tokenizer has 30522 tokens but the word embedding has 1000 rows"):
         bge_ref.load(ckpt)
+
+
+def _config(d, **change):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(change)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_hidden_layers": 1_000_000_000}, r"config\.json: num_hidden_layers must be an integer from 1 to 1024, got 1000000000"),
+    ({"num_hidden_layers": 1000}, r"model\.safetensors: holds 2 encoder layers, but config\.json's num_hidden_layers is 1000"),
+    ({"vocab_size": 10_000_000}, r"model\.safetensors: tensor 'embeddings\.word_embeddings\.weight' has shape "
+                                 r"\(30522, 64\), but config\.json \(vocab_size 10000000, hidden_size 64\)"),
+    ({"hidden_size": 65536}, r"model\.safetensors: tensor 'embeddings\.word_embeddings\.weight' has shape "
+                             r"\(30522, 64\), but config\.json \(vocab_size 30522, hidden_size 65536\)"),
+    ({"max_position_embeddings": 1 << 20}, r"position_embeddings\.weight' has shape \(64, 64\), but config\.json "
+                                           r"\(max_position_embeddings 1048576, hidden_size 64\)"),
+    ({"intermediate_size": 1 << 18}, r"intermediate\.dense\.weight' has shape \(128, 64\), but config\.json "
+                                     r"\(intermediate_size 262144, hidden_size 64\)"),
+    ({"hidden_size": float("inf")}, r"config\.json: hidden_size must be an integer .* got inf"),
+    ({"layer_norm_eps": float("nan")}, r"config\.json: layer_norm_eps must be a finite number"),
+    ({"pad_token_id": -1}, r"config\.json: pad_token_id must be an integer from 0 to 30521"),
+])
+def test_huge_or_wrong_sizes_are_refused_promptly_in_bounded_memory(ckpt, change, message):
+    """Checked against the header's shapes before a table or an array is made from them."""
+    import time
+    import tracemalloc
+    _config(ckpt, **change)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=message):
+            bge_ref.load(ckpt, tokenizer="python")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak >> 20} MB allocated"  # the tokenizer's vocabulary, no more
+    t0 = time.perf_counter()  # the config and weights part alone (load() also reads the tokenizer)
+    with pytest.raises(CheckpointError, match=message):
+        load_params(ckpt / "model.safetensors", BertConfig.from_json(ckpt / "config.json"))
+    assert time.perf_counter() - t0 < 1.0  # a hang (the old load built 10^9 layer tables) is far beyond this
+
+
+def test_header_checked_before_any_tensor_data(ckpt):
+    # A NaN in the first tensor read and a wrong shape in the last: the shape is found first, from the
+    # header alone (before, the NaN was found after reading data that a bad config had already cost).
+    def poison(t):
+        t["embeddings.word_embeddings.weight"] = t["embeddings.word_embeddings.weight"].copy()
+        t["embeddings.word_embeddings.weight"][0, 0] = np.nan
+        t["encoder.layer.1.output.LayerNorm.bias"] = t["encoder.layer.1.output.LayerNorm.bias"][:10]
+    _rewrite(ckpt, poison)
+    with pytest.raises(CheckpointError, match=r"encoder\.layer\.1\.output\.LayerNorm\.bias' has shape \(10,\)"):
+        bge_ref.load(ckpt)
+
+
+def _write_header(f, header: bytes, data: bytes = b""):
+    f.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "cannot read safetensors header: JSON nested too deeply"),
+    (b'{"a": {"dtype": "F32", "shape": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", "nested too deeply"),
+    (b'{"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": {"dtype": "F32", "shape": [true], "data_offsets": [0, 4]}}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": "F32"}', "tensor 'a' has a malformed header entry"),
+    (b'{"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 4]}}', "tensor 'a' has unsupported dtype 'Q4'"),
+    # 2^64 elements: numpy's int64 product wraps to 0, which a 0-byte tensor would have matched
+    (b'{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}}',
+     r"tensor 'a' has 0 bytes for shape \[4294967296, 4294967296\] F32 \(73786976294838206464 needed\)"),
+], ids=lambda v: v[:40].decode() if isinstance(v, bytes) else None)
+def test_hostile_safetensors_header(ckpt, header, message):
+    f = ckpt / "model.safetensors"
+    _write_header(f, header, b"\0" * 8)
+    with pytest.raises(CheckpointError, match=re.escape(str(f)) + ": .*" + message):
+        read_safetensors(f)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json",
+                                  "sentence_bert_config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("backend", ["python", "tokenizers"])
+def test_nested_json_in_any_checkpoint_file(ckpt, name, backend):
+    (ckpt / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (ckpt / "1_Pooling").mkdir()
+    (ckpt / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (ckpt / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
+    assert bge_ref.load(ckpt, tokenizer=backend).max_length == 32
+    if name == "tokenizer_config.json":  # read only when sentence_bert_config.json has no limit
+        (ckpt / "sentence_bert_config.json").unlink()
+    (ckpt / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=re.escape(str(ckpt / name)) + ": .*(nested too deeply|cannot load tokenizer)"):
+        bge_ref.load(ckpt, tokenizer=backend)

@@ -201,7 +201,7 @@ def test_unsupported_tokenizer_json_is_a_checkpoint_error(tmp_path, what):
 def test_unreadable_tokenizer_json(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer"):
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: not valid JSON"):
         Tokenizer(path, 128, 0, backend="python")
     path.write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer \(malformed"):
