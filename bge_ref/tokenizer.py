@@ -178,16 +178,11 @@ class PrefixCut:
         if any(c in WHITESPACE for t in (*bert.raw_added, *normalized) for c in t):
             return None
         flags = bert.normalizer
-        strip = flags and (flags["lowercase"] if flags["strip_accents"] is None else flags["strip_accents"])
-        ranges = [(ord(c), ord(c)) for c in WHITESPACE + ASCII_PUNCTUATION] + _ranges(PUNCTUATION)
-        if flags and flags["handle_chinese_chars"]:
-            ranges += CJK
-        if strip:
-            ranges += _ranges(DECOMPOSES_TO_SPLIT)
+        ranges = split_ranges(flags)
         splits = _char_class(ranges)
         if normalized:  # no cut before a character whose normalization starts a normalized added token's
             inside = {c for t in normalized for c in t}
-            listed = [chr(cp) for a, b in ranges if a < 0x2E80 or b > 0x2FA1F for cp in range(a, b + 1)]  # not CJK
+            listed = [chr(cp) for a, b in ranges if (a, b) not in CJK for cp in range(a, b + 1)]  # CJK: " X "
             barred = "".join(c for c in listed if bert.normalize(c)[:1] in inside)
             splits_cut = f"(?![{re.escape(barred)}])(?:{splits})" if barred else splits
         else:
@@ -235,6 +230,21 @@ class PrefixCut:
     def nothing_from(self, text: str, rest: int) -> bool:
         """Whether text[rest:] is only whitespace and characters the normalizer removes: no tokens."""
         return self.quiet.fullmatch(text, rest) is not None
+
+
+def split_ranges(flags: dict | None) -> list[tuple[int, int]]:
+    """The split characters (PrefixCut's docstring) for BertNormalizer's flags (None: no normalizer),
+    as inclusive code point ranges: whitespace and punctuation, which BertPreTokenizer splits at, but
+    the control characters among them where clean_text removes them (vertical tab, form feed, U+0085);
+    CJK ideographs where handle_chinese_chars spaces them; DECOMPOSES_TO_SPLIT where NFD runs."""
+    removed = WHITESPACE if flags and flags["clean_text"] else ""
+    removed = {c for c in removed if c not in "\t\n\r" and ord(c) in OTHER}
+    ranges = [(ord(c), ord(c)) for c in WHITESPACE + ASCII_PUNCTUATION if c not in removed] + _ranges(PUNCTUATION)
+    if flags and flags["handle_chinese_chars"]:
+        ranges += CJK
+    if flags and (flags["lowercase"] if flags["strip_accents"] is None else flags["strip_accents"]):
+        ranges += _ranges(DECOMPOSES_TO_SPLIT)
+    return ranges
 
 
 # Python's re tests a character against a class of Basic Multilingual Plane ranges with one bitmap

@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import tempfile
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from transformers import AutoTokenizer
 
 import bge_ref
 from bge_ref import BgeRefError, InputError
-from bge_ref.tokenizer import PrefixCut, Tokenizer
-from bge_ref.wordpiece import bert_normalizer, bert_pre_tokenizer
+from bge_ref.tokenizer import Tokenizer, split_ranges
+from bge_ref.wordpiece import ASCII_PUNCTUATION, PUNCTUATION, WHITESPACE, bert_normalizer, bert_pre_tokenizer
 
 from .conftest import TEXTS
 from .test_wordpiece import FLAGS, SPEC, VARIANTS, piece, variant
@@ -151,6 +152,9 @@ hostile = st.one_of(
     st.integers(1, 30).map(".,;".__mul__), st.integers(1, 10).map("[MASK]".__mul__),
     st.integers(90, 130).map("x".__mul__), st.integers(90, 130).map("é".__mul__),
     st.integers(90, 130).map("\x00a".__mul__), st.integers(3, 30).map("ab\u200b".__mul__),
+    st.integers(1, 30).map("Bge-Ref".__mul__), st.integers(1, 30).map("<x>".__mul__),
+    st.tuples(st.integers(1, 12), st.sampled_from("≠\u1fef\u226e"), st.integers(1, 12)).map(
+        lambda t: "x" * t[0] + t[1] + "x" * t[2]),  # NFD splits this word in two
     st.sampled_from(["≠", "\u1fef", "\u226e", "[", "]", "<x>", "Bge-Ref", "bge-ref", "İ", "\u0340", "\ufffd",
                      "\u3000", "\U0001F999", "\U00020000", "\U000110BD", "-", "#", "##"]),
 )
@@ -201,41 +205,33 @@ def test_no_cut_when_an_added_token_holds_whitespace(tmp_path):
     assert tok.encode([text])[0].ids == tok._python.encode(text, 4).ids
 
 
-def split_characters():
-    from bge_ref.wordpiece import ASCII_PUNCTUATION, CJK, DECOMPOSES_TO_SPLIT, PUNCTUATION, WHITESPACE
-    ranges = [*zip(PUNCTUATION.starts, PUNCTUATION.ends), *zip(DECOMPOSES_TO_SPLIT.starts, DECOMPOSES_TO_SPLIT.ends), *CJK]
-    return WHITESPACE + ASCII_PUNCTUATION + "".join(chr(c) for a, b in ranges for c in range(a, b + 1))
+def split_characters(flags) -> str:
+    return "".join(chr(c) for a, b in split_ranges(flags) for c in range(a, b + 1))
 
 
-@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "+".join(k for k, v in f.items() if v) or "none")
+@pytest.mark.parametrize("flags", FLAGS + [None], ids=lambda f: "+".join(k for k, v in (f or {}).items() if v) or "none")
 def test_what_the_cut_before_a_split_character_relies_on(flags):
     """Every split character is a canonical starter and starts its NFD with one (so NFD reorders nothing
     across a cut), and normalizes to a string starting with whitespace or punctuation (so a word ends
     there): PrefixCut's first kind of cut."""
-    import unicodedata
-    from bge_ref.wordpiece import bert_pre_tokenizer, is_chinese_char
-    chars = split_characters()
-    strip = flags["lowercase"] if flags["strip_accents"] is None else flags["strip_accents"]
-    for c in chars:
+    normalize = (lambda t: t) if flags is None else functools.partial(bert_normalizer, **flags)
+    for c in split_characters(flags):
         assert unicodedata.combining(c) == 0 and unicodedata.combining(unicodedata.normalize("NFD", c)[0]) == 0, hex(ord(c))
-        if is_chinese_char(c) and not flags["handle_chinese_chars"] or ord(c) in range(0x1FEF, 0x2270) and not strip:
-            continue  # not split characters with these flags
-        n = bert_normalizer(c, **flags)
+        n = normalize(c)
         assert n and (n[0] in WHITESPACE or bert_pre_tokenizer(n[0] + "a")[0] == n[0]), hex(ord(c))
 
 
-@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "+".join(k for k, v in f.items() if v) or "none")
+@pytest.mark.parametrize("flags", FLAGS + [None], ids=lambda f: "+".join(k for k, v in (f or {}).items() if v) or "none")
 def test_words_hold_no_split_after_normalizing(flags):
-    """Any other character normalizes to no whitespace and no punctuation, so a run of them stays
+    """Every other character normalizes to no whitespace and no punctuation, so a run of them stays
     within one word: PrefixCut's second kind of cut, and the DECOMPOSES_TO_SPLIT table."""
-    from bge_ref.wordpiece import WHITESPACE
-    splits = set(split_characters())
+    normalize = (lambda t: t) if flags is None else functools.partial(bert_normalizer, **flags)
+    splits = set(split_characters(flags))
     others = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000 and chr(cp) not in splits and cp != 0x7C]
-    parts = bert_normalizer("|".join(others), **flags).split("|")  # "|" is a starter, kept by every stage
+    parts = normalize("|".join(others)).split("|")  # "|" is a starter, kept by every stage
     assert len(parts) == len(others)
-    split = re.compile(f"[{re.escape(WHITESPACE)}]|" + bert_pre_tokenizer.__globals__["_pre_tokenizer_regex"]().pattern.split("|")[0])
-    bad = [hex(ord(c)) for c, n in zip(others, parts) if split.search(n)]
-    assert bad == []
+    split = re.compile(f"[{re.escape(WHITESPACE)}]|[{re.escape(ASCII_PUNCTUATION)}{PUNCTUATION.regex_class()}]")
+    assert [hex(ord(c)) for c, n in zip(others, parts) if split.search(n)] == []
 
 
 def test_count_and_untruncated_encodings_see_the_whole_text(model):

@@ -204,8 +204,66 @@ def test_unreadable_tokenizer_json(tmp_path):
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: not valid JSON"):
         Tokenizer(path, 128, 0, backend="python")
     path.write_text("[1, 2]")
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer \(malformed"):
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: tokenizer\.json must hold a JSON object"):
+        Tokenizer(path, 128, 0, backend="python")
+    path.write_text(json.dumps(variant(lambda s: s["post_processor"].update(single=[{"SpecialToken": {}}]))))
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer \(malformed: KeyError 'id'\)"):
+        Tokenizer(path, 128, 0, backend="python")
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: JSON nested too deeply"):
         Tokenizer(path, 128, 0, backend="python")
     path.write_text(json.dumps(variant(lambda s: s["model"].update(unk_token="<unk>"))))
     with pytest.raises(CheckpointError, match="model.unk_token '<unk>' is not in model.vocab"):
         Tokenizer(path, 128, 0, backend="python")
+
+
+# -- ids that would index outside the word embedding, or name two tokens -----------------------------
+def _vocab(token, i):
+    return lambda s: s["model"]["vocab"].__setitem__(token, i)
+
+
+def _added(**fields):
+    return lambda s: s["added_tokens"].append(dict(dict(id=30522, content="<new>", single_word=False, lstrip=False,
+                                                        rstrip=False, normalized=False, special=True), **fields))
+
+
+BAD_IDS = {
+    r"model\.vocab\['hello'\] has id -5; token ids must be integers from 0 to 16777215": _vocab("hello", -5),
+    r"model\.vocab\['hello'\] has id 1000000000000\.0": _vocab("hello", 1e12),
+    r"model\.vocab\['hello'\] has id 1000000000000;": _vocab("hello", 10 ** 12),
+    r"model\.vocab\['hello'\] has id 4000000000;": _vocab("hello", 4_000_000_000),  # tokenizers takes it
+    r"model\.vocab\['hello'\] has id True": _vocab("hello", True),
+    r"model\.vocab\['hello'\] has id '7592'": _vocab("hello", "7592"),
+    r"model\.vocab gives id 7 to both '\[unused6\]' and 'hello'": _vocab("hello", 7),  # tokenizers takes it
+    r"added token '<new>' has id -1": _added(id=-1),
+    r"added token '<new>' has id 2\.5": _added(id=2.5),
+    r"added token '<new>' has id 7, which is already '\[unused6\]''s": _added(id=7),
+    r"added token '\[MASK\]' has id 30522 but model\.vocab gives it 103": _added(content="[MASK]"),
+    r"added token .* has no content string": _added(content=""),
+}
+
+
+@pytest.mark.parametrize("backend", ["python", "tokenizers"])
+@pytest.mark.parametrize("message", BAD_IDS)
+def test_bad_token_ids_are_named(tmp_path, backend, message):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(variant(BAD_IDS[message])))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: ") + message):
+        Tokenizer(path, 128, 0, backend=backend)
+
+
+def test_bad_template_ids_are_named(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(variant(lambda s: s["post_processor"]["special_tokens"]["[CLS]"].update(ids=[-101]))))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: post_processor.special_tokens['[CLS]'] has id -101")):
+        Tokenizer(path, 128, 0, backend="python")
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: cannot load tokenizer")):
+        Tokenizer(path, 128, 0, backend="tokenizers")  # the tokenizers library reads it as an unsigned int
+
+
+def test_vocab_size_is_one_past_the_largest_id(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(variant(_added(id=40000))))
+    assert Tokenizer(path, 128, 0, backend="python").vocab_size == 40001  # load() compares it with vocab_size
+    rust = Tokenizer(path, 128, 0, backend="tokenizers")  # which gives the token the next free id instead
+    assert rust.vocab_size == rust._full.token_to_id("<new>") + 1 == 30523
