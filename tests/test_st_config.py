@@ -34,3 +34,23 @@ def test_cls_pooling_and_unsupported_modes(tmp_path, minilm_path):
     (d / "modules.json").write_text("{broken")
     with pytest.raises(CheckpointError, match=r"modules\.json: not valid JSON"):
         sentence_transformers_defaults(d)
+
+
+def test_files_of_the_wrong_shape_are_named(tmp_path):
+    """Each file of the wrong JSON type is a CheckpointError naming it (they were AttributeErrors)."""
+    (tmp_path / "sentence_bert_config.json").write_text("[256]")
+    with pytest.raises(CheckpointError, match=r"sentence_bert_config\.json: expected a JSON object, got list"):
+        max_seq_length(tmp_path, 512)
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": true}')  # not a length: ignored
+    assert max_seq_length(tmp_path, 512) == 512
+    (tmp_path / "modules.json").write_text('{"0": "Pooling"}')
+    with pytest.raises(CheckpointError, match=r"modules\.json: expected a JSON array, got dict"):
+        sentence_transformers_defaults(tmp_path)
+    (tmp_path / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Pooling", "path": 1}]))
+    with pytest.raises(CheckpointError, match=r"modules\.json: the Pooling module's path must be a string, got 1"):
+        sentence_transformers_defaults(tmp_path)
+    (tmp_path / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Pooling", "path": "p"}]))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"p/config\.json: JSON nested too deeply"):
+        sentence_transformers_defaults(tmp_path)
