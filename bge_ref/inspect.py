@@ -26,17 +26,28 @@ class Inside:
     hidden_norms: np.ndarray   # (L + 1, S): L2 norm of each token's state, embeddings then each layer
 
 
-def check_request(text, layer, num_layers: int) -> tuple[str, int]:
-    """The text (a non-empty str) and the layer (an int in [0, num_layers)), or an InputError naming
-    the field (its .param), as the server's 400."""
+def parse_request(body, num_layers: int) -> tuple[str, int]:
+    """POST /attention's body {"text": str, "layer": int}: the text (non-empty) and the layer (in
+    [0, num_layers)), or an InputError naming the field (its .param), the server's 400."""
+    if not isinstance(body, dict) or set(body) != {"text", "layer"}:
+        raise bad("", 'the body must be {"text": str, "layer": int}'
+                      + (f", got the fields {sorted(body)}" if isinstance(body, dict) else ""))
+    return check_text(body["text"]), check_layer(body["layer"], num_layers)
+
+
+def check_text(text) -> str:
     if not isinstance(text, str):
         raise bad("text", f"text must be a string, got {type(text).__name__}")
     if not text:
         raise bad("text", "text: empty string; give at least 1 character")
+    return text
+
+
+def check_layer(layer, num_layers: int) -> int:
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
         raise bad("layer", f"layer must be an int in [0, {num_layers}) (the model has {num_layers} layers), "
                            f"got {layer!r}")
-    return text, layer
+    return layer
 
 
 def look_inside(embedder, text: str, layer: int, truncate: bool = True) -> Inside:
@@ -44,7 +55,7 @@ def look_inside(embedder, text: str, layer: int, truncate: bool = True) -> Insid
     per-layer hidden-state norms. Texts longer than max_length are cut (or an InputError with
     truncate=False), as encode() does."""
     config = embedder.config
-    text, layer = check_request(text, layer, config.num_hidden_layers)
+    text, layer = check_text(text), check_layer(layer, config.num_hidden_layers)
     full = embedder.tokenizer.encode([text], truncate=False)[0]
     if not truncate and len(full.ids) > embedder.max_length:
         raise bad("text", f"text has {len(full.ids)} tokens, more than the model's {embedder.max_length}; "

@@ -50,7 +50,7 @@ except ImportError as e:
 BGE_LARGE_HUB_ID = "BAAI/bge-large-en-v1.5"
 HOSTED_NAME = "@cf/baai/bge-large-en-v1.5"  # the hosted API's name for it
 RETRY_AFTER = "1"  # seconds, with every 429
-LIMITED_ROUTES = ("run", "openai", "tokenize")  # the routes that count toward --max-concurrent-requests
+LIMITED_ROUTES = ("run", "openai", "tokenize", "attention")  # the routes that count toward --max-concurrent-requests
 
 
 @dataclass
@@ -318,7 +318,9 @@ def route_of(path: str) -> str:
         return "openai"
     if RUN_PATH.fullmatch(path):
         return "run"
-    return path[1:] if path in ("/health", "/info", "/tokenize", "/metrics") else "other"
+    if path == "/":
+        return "playground"
+    return path[1:] if path in ("/health", "/info", "/tokenize", "/metrics", "/attention") else "other"
 
 
 def error_response(path: str, err: Reject) -> Response:
@@ -382,7 +384,7 @@ class Gate:
         if self.state.draining and route != "health":
             raise Reject(503, "the server is shutting down; retry on another instance")
         body = await read_body(scope, receive, s.max_body_bytes)
-        if s.api_key is not None and route != "health" and not authorized(scope, s.api_key):
+        if s.api_key is not None and route not in ("health", "playground") and not authorized(scope, s.api_key):
             raise Reject(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
         if route in LIMITED_ROUTES:
             if self.state.in_flight >= s.max_concurrent_requests:
@@ -446,6 +448,8 @@ class Server:
             Route("/info", self.info, methods=["GET"]),
             Route("/tokenize", self.tokenize, methods=["POST"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
+            Route("/", self.playground, methods=["GET"]),
+            Route("/attention", self.attention, methods=["POST"]),
         ]
         handlers = {Reject: self._reject, 404: self._http_error, 405: self._http_error, Exception: self._crash}
         self.app = Gate(Starlette(routes=routes, exception_handlers=handlers), self)
@@ -503,6 +507,20 @@ class Server:
         results = await self.worker.submit(count)
         return json_response({"tokens": results, "max_input_tokens": self.model.max_length, "truncate": truncate})
 
+    async def playground(self, request):
+        return playground_page()
+
+    async def attention(self, request):
+        from . import inspect
+        text, layer = self._parsed(inspect.parse_request, parse_json(await request.body()),
+                                   self.model.config.num_hidden_layers)
+        truncate = self.settings.truncate
+        try:
+            body = await self.worker.submit(lambda m: inspect.as_json(inspect.look_inside(m, text, layer, truncate)))
+        except InputError as e:
+            raise Reject(400, str(e), getattr(e, "param", None)) from None
+        return await self._json(body)
+
     async def prometheus(self, request):
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -544,6 +562,16 @@ class Server:
 
     async def _crash(self, request, exc):
         return error_response(request.url.path, Reject(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def playground_page() -> Response:
+    """The playground (GET /): one self-contained page; it loads nothing but this server's routes,
+    which the Content-Security-Policy enforces. It holds no data, so it needs no key: its calls do."""
+    from importlib.resources import files
+    csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return Response((files("bge_ref") / "playground.html").read_bytes(), media_type="text/html; charset=utf-8",
+                    headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"})
 
 
 class _Uvicorn(uvicorn.Server):

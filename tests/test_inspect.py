@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bge_ref.errors import InputError
-from bge_ref.inspect import as_json, check_request, look_inside
+from bge_ref.inspect import as_json, look_inside, parse_request
 
 TEXTS = ["The cat sat on the mat.", "Ünïcödé, 東京 and emoji 🦙 in one text",
          "a long input that is cut at the model's 256 tokens " * 40]
@@ -51,19 +51,22 @@ def test_json_body(minilm, hf_eager):
     np.testing.assert_allclose(np.sum(body["attention"], axis=-1), 1, atol=1e-5)
 
 
-@pytest.mark.parametrize("text, layer, param, message", [
-    ("", 0, "text", "text: empty string"),
-    (["a"], 0, "text", "text must be a string, got list"),
-    (None, 0, "text", "text must be a string, got NoneType"),
-    ("a", 6, "layer", "layer must be an int in [0, 6) (the model has 6 layers), got 6"),
-    ("a", -1, "layer", "got -1"),
-    ("a", True, "layer", "got True"),
-    ("a", "2", "layer", "got '2'"),
-    ("a", 1.0, "layer", "got 1.0"),
+@pytest.mark.parametrize("body, param, message", [
+    ({"text": "a"}, "", 'the body must be {"text": str, "layer": int}, got the fields [\'text\']'),
+    ({"text": "a", "layer": 0, "head": 1}, "", "got the fields ['head', 'layer', 'text']"),
+    (["a", 0], "", 'the body must be {"text": str, "layer": int}'),
+    ({"text": "", "layer": 0}, "text", "text: empty string"),
+    ({"text": ["a"], "layer": 0}, "text", "text must be a string, got list"),
+    ({"text": None, "layer": 0}, "text", "text must be a string, got NoneType"),
+    ({"text": "a", "layer": 6}, "layer", "layer must be an int in [0, 6) (the model has 6 layers), got 6"),
+    ({"text": "a", "layer": -1}, "layer", "got -1"),
+    ({"text": "a", "layer": True}, "layer", "got True"),
+    ({"text": "a", "layer": "2"}, "layer", "got '2'"),
+    ({"text": "a", "layer": 1.0}, "layer", "got 1.0"),
 ])
-def test_bad_request(text, layer, param, message):
+def test_bad_request(body, param, message):
     with pytest.raises(InputError, match=re.escape(message)) as e:
-        check_request(text, layer, 6)
+        parse_request(body, 6)
     assert e.value.param == param
 
 
