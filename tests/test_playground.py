@@ -10,6 +10,7 @@ BGE_REF_SCREENSHOTS=docs/images saves the two views' screenshots there (the READ
 import json
 import os
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
@@ -20,7 +21,7 @@ import requests
 
 from bge_ref import inspect as inside_module
 
-from .test_server import KEY, Served
+from .test_server import KEY, RUN, Served
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,7 +30,7 @@ TEXTS = ["This is a story about an orange cloud", "This is a story about a llama
          "This is a story about a hugging emoji", "A llama is a domesticated South American camelid",
          "Clouds turn orange at sunset"]
 LONG = "a long input that is cut at the model's 256 tokens " * 40
-BODY_LIMIT = 20_000
+BODY_LIMIT = 100_000
 WAIT_MS = 60_000
 
 
@@ -62,7 +63,9 @@ def open_srv(tmp_path_factory, minilm_path):
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory, minilm_path):
-    with serving(tmp_path_factory, minilm_path, "--api-key", KEY, "--max-body-bytes", str(BODY_LIMIT)) as s:
+    """A key, a small body limit, and 2 requests in flight at most (the page's Embed makes two)."""
+    with serving(tmp_path_factory, minilm_path, "--api-key", KEY, "--max-body-bytes", str(BODY_LIMIT),
+                 "--max-concurrent-requests", "2") as s:
         yield s
 
 
@@ -203,6 +206,31 @@ def test_errors_keep_the_input(page, keyed):
     assert click_and_wait(page, "#embed") == "done"
     assert not page.is_visible("#error") and len(cosines(page)) == 4
     assert click_and_wait(page, "#tab-inside") == "done"
+
+
+def test_overloaded(page, keyed):
+    """Two long requests fill the server: the page shows the 429 and its Retry-After, /attention is
+    refused too (it counts toward --max-concurrent-requests), and the input stays."""
+    page.goto(keyed.base + "/")
+    page.fill("#key", KEY)
+    texts = [f"{i} " + LONG[:900] for i in range(20)]  # just under 256 tokens each: 2 x 5k tokens, seconds of work
+    answers = []
+    busy = [threading.Thread(target=lambda: answers.append(keyed.post(RUN + "model", {"text": texts}, timeout=300)))
+            for _ in range(2)]
+    for t in busy:
+        t.start()
+    try:
+        keyed.wait_metric("bge_ref_requests_in_flight", lambda v: v == 2)
+        before = page.input_value("#texts")
+        assert click_and_wait(page, "#embed") == "error"
+        error = page.inner_text("#error")
+        assert "429: overloaded: 2 requests in flight" in error and "(Retry-After: 1 s)" in error, error
+        assert page.input_value("#texts") == before
+        assert "overloaded" in envelope_error(keyed.post("/attention", {"text": "a", "layer": 0}), 429)
+    finally:
+        for t in busy:
+            t.join(300)
+    assert [a.status_code for a in answers] == [200, 200]
 
 
 # -- POST /attention over HTTP -------------------------------------------------------------------
