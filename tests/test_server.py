@@ -221,7 +221,7 @@ def short(value) -> str:
     (RUN + HOSTED, {"text": "a"}, None, 401, "missing or wrong API key"),
     (RUN + HOSTED, {"text": "a"}, "wrong", 401, "missing or wrong API key"),
     (RUN + HOSTED, BIG, KEY, 413, "the limit is 2000000"),
-    (RUN + "@cf/unknown", BIG, None, 413, "the limit is 2000000"),      # 413 before 401
+    (RUN + "@cf/unknown", BIG, None, 401, "missing or wrong"),      # 401 before 413: the body is never read
     (RUN + "@cf/unknown", b"{not json", "wrong", 401, "missing or wrong"),  # 401 before 404
     (RUN + "@cf/unknown", b"{not json", KEY, 404, "no such model"),       # 404 before 400
     ("/nowhere", {}, KEY, 404, "no route /nowhere"),
@@ -238,7 +238,7 @@ def test_run_errors(srv, path, body, key, status, message):
     ({"input": ["x"] * 2049}, KEY, 400, "input", None, "at most 2048 inputs"),
     ({"input": ["a", ""]}, KEY, 400, "input", None, "input[1]: empty string"),
     ({"input": "a", "top_k": 1}, KEY, 400, "top_k", None, "unknown field(s) ['top_k']"),
-    ({"input": [[1, 2], [30522]]}, KEY, 400, "input", None, "input[1][0]: token id 30522 is out of range"),
+    ({"input": [[7592, 2088], [30522]]}, KEY, 400, "input", None, "input[1][0]: token id 30522 is out of range"),
     ({"input": [-1]}, KEY, 400, "input", None, "input[0]: token id -1 is out of range"),
     ({"input": "a", "dimensions": 128}, KEY, 400, "dimensions", None, "absent or 384"),
     ({"input": "a", "encoding_format": "int8"}, KEY, 400, "encoding_format", None, "'float' or 'base64'"),
@@ -246,7 +246,8 @@ def test_run_errors(srv, path, body, key, status, message):
     ({"input": "a", "model": "gpt", "x": 1}, KEY, 404, "model", "model_not_found", "does not exist"),  # 404 first
     ({"input": "a"}, None, 401, None, "invalid_api_key", "missing or wrong API key"),
     ({"input": "a", "model": "gpt"}, "wrong", 401, None, "invalid_api_key", "missing or wrong"),  # 401 first
-    (BIG, "wrong", 413, None, "payload_too_large", "the limit is 2000000"),  # 413 first
+    (BIG, "wrong", 401, None, "invalid_api_key", "missing or wrong"),  # 401 first: the body is never read
+    (BIG, KEY, 413, None, "payload_too_large", "the limit is 2000000"),
 ], ids=short)
 def test_openai_errors(srv, body, key, status, param, code, message):
     err = openai_error(srv.post("/v1/embeddings", body, key=key), status)
@@ -267,7 +268,8 @@ def test_info_tokenize_metrics(srv, minilm_path):
     info = srv.get("/info").json()
     assert info["served_model_names"] == NAMES and info["hidden_size"] == 384 and info["num_hidden_layers"] == 6
     assert info["max_input_tokens"] == 256 and info["pooling"] == "mean" and info["truncate"] is True
-    assert info["limits"] == {"max_batch_tokens": 16384, "max_batch_size": 32, "max_concurrent_requests": 512, "max_body_bytes": 2_000_000,
+    assert info["limits"] == {"max_batch_tokens": 16384, "max_batch_size": 32, "max_concurrent_requests": 512,
+                              "max_connections": 1024, "max_body_bytes": 2_000_000, "body_timeout_seconds": 10.0,
                               "max_texts_per_run_request": 100, "max_openai_inputs": 2048}
     from tokenizers import Tokenizer
     hf = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
@@ -371,7 +373,7 @@ def test_env_key_default_names_and_no_truncate(small, minilm):
     assert small.get("/info", key=ENV_KEY).json()["served_model_names"] == ["model"]
     message = run_error(small.post(RUN + "model", {"text": ["ok", LONG[0]]}, key=ENV_KEY), 400)
     assert "inputs.text[1] has" in message and "more than the model's 256" in message
-    err = openai_error(small.post("/v1/embeddings", {"input": [[7] * 10, [7] * 255]}, key=ENV_KEY), 400)
+    err = openai_error(small.post("/v1/embeddings", {"input": [[2088] * 10, [2088] * 255]}, key=ENV_KEY), 400)
     assert "input[1] has 257 tokens" in err["message"] and err["param"] == "input"
 
 
@@ -446,3 +448,25 @@ def test_worker_fills_a_rounds_last_batch_from_the_next_round(minilm, monkeypatc
     assert sizes == [4, 4, 1]                                # not [4, 2, 3]
     np.testing.assert_allclose(va, minilm.encode(MORE[:6], pooling="mean", normalize=True), rtol=0, atol=1e-6)
     np.testing.assert_allclose(vb, minilm.encode(STORIES, pooling="cls", normalize=True), rtol=0, atol=1e-6)
+
+
+def test_worker_budget_counts_real_tokens(minilm, monkeypatch):
+    """In process: 3 texts of 3 tokens and one of 10 fill a 19-token budget exactly, so they share
+    one batch; counted as padded tokens (4 x 10 = 40) they would take two."""
+    from bge_ref import api
+    texts = ["a", "b", "c", " ".join(["word"] * 8)]
+    assert [len(e.ids) for e in minilm.tokenizer.encode(texts)] == [3, 3, 3, 10]
+    worker = server_module.Worker(minilm, 19, 32, server_module.Metrics())
+    sizes, plain = [], worker._compute
+    monkeypatch.setattr(worker, "_compute", lambda batch: sizes.append(len(batch)) or plain(batch))
+    job = server_module.Job([api.Group(texts, "mean", "input")], truncate=True)
+    worker.inbox.put(job)
+    worker.start()
+    try:
+        (vectors,), tokens = job.future.result(60)
+    finally:
+        worker.stop()
+    assert sizes == [4] and tokens == 19
+    np.testing.assert_allclose(vectors, minilm.encode(texts, pooling="mean"), rtol=0, atol=1e-6)
+    rows = [server_module.Row(job, 0, i, e) for i, e in enumerate(minilm.tokenizer.encode(texts))]
+    assert server_module.Worker(minilm, 18, 32, server_module.Metrics())._fit([], rows) == 3  # 1 token short
