@@ -79,11 +79,12 @@ def _embed_corpus(args) -> int:
 
 def _serve(args) -> int:
     from .embedder import load
-    from .server import Settings, serve, served_names  # a BgeRefError naming the serve extra if it is missing
+    from .server import Settings, bind, serve, served_names  # a BgeRefError naming the serve extra if missing
     for flag in ("max_batch_tokens", "max_batch_size", "max_concurrent_requests", "max_connections",
                  "max_body_bytes", "body_timeout"):
         if not getattr(args, flag) > 0:
             raise InputError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    sock = bind(args.host, args.port)  # a busy port is an error before the model loads
     model = load(args.model, dtype=args.dtype, weights_dtype=args.weights_dtype)
     settings = Settings(served=args.served_model_name or served_names(args.model, model.name),
                         api_key=args.api_key or os.environ.get("BGE_REF_API_KEY") or None,
@@ -91,7 +92,7 @@ def _serve(args) -> int:
                         max_concurrent_requests=args.max_concurrent_requests, max_connections=args.max_connections,
                         max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
                         truncate=not args.no_truncate, cors_allow_origins=args.cors_allow_origin or [])
-    return serve(model, settings, args.host, args.port)
+    return serve(model, settings, args.host, args.port, sock)
 
 
 def _add_serve(sub):

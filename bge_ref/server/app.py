@@ -74,7 +74,7 @@ class Server:
     async def models(self, request):
         return json_response({"object": "list", "data": [model_object(n) for n in self.settings.served]})
 
-    async def model(self, request):
+    async def retrieve_model(self, request):
         name = request.path_params["model"]
         if name not in self.settings.served:
             raise Reject(404, f"model {name!r} does not exist; this server serves {self.settings.served}",

@@ -26,7 +26,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", ACCOUNT + "/run/{model:path}", "run", "run", limited=True),
     *(Endpoint("POST", base + "/embeddings", "openai", "openai", "openai", limited=True) for base in OPENAI_BASES),
     *(Endpoint("GET", base + "/models", "models", "models", "openai") for base in OPENAI_BASES),
-    *(Endpoint("GET", base + "/models/{model:path}", "model", "models", "openai") for base in OPENAI_BASES),
+    *(Endpoint("GET", base + "/models/{model:path}", "retrieve_model", "models", "openai") for base in OPENAI_BASES),
     Endpoint("GET", "/health", "health", "health", auth=False),
     Endpoint("GET", "/info", "info", "info"),
     Endpoint("POST", "/tokenize", "tokenize", "tokenize", limited=True),

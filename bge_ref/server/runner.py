@@ -38,12 +38,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model, settings: Settings, host="127.0.0.1", port=8080) -> int:
-    """Serve until SIGTERM or SIGINT; returns 0 after the requests in flight are answered."""
+def serve(model, settings: Settings, host="127.0.0.1", port=8080, sock: socket.socket | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; returns 0 after the requests in flight are answered. `sock`:
+    bind(host, port) done beforehand (the CLI binds before loading the model, so a busy port is
+    reported at once)."""
     if settings.api_key is None and not is_loopback(host):
         print(f"bge-ref: warning: serving on {host} without an API key: anyone who can reach this port can "
               "use it (set --api-key or $BGE_REF_API_KEY)", file=sys.stderr)
-    sock = bind(host, port)
+    sock = sock or bind(host, port)
     state = Server(model, settings)
     config = uvicorn.Config(state.app, lifespan="off", access_log=False, log_level="warning",
                             timeout_graceful_shutdown=None, backlog=min(2048, settings.max_connections))
