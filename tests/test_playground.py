@@ -21,7 +21,7 @@ import requests
 
 from bge_ref import inspect as inside_module
 
-from .test_server import KEY, RUN, Served
+from .serving import KEY, RUN, Served
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
