@@ -178,6 +178,23 @@ def test_inside_view(page, open_srv):
     assert "head=0" in page.evaluate("location.search")
 
 
+def test_inside_long_text(page, open_srv):
+    """A long text's map is a canvas (tens of thousands of elements lay out slowly); pointing at a
+    cell reads out its probability."""
+    page.goto(shared(open_srv.base, [LONG], view="inside", layer=1, head=2))
+    page.wait_for_selector('#status[data-runs="2"]', state="attached")
+    assert page.get_attribute("#status", "data-state") == "done", page.inner_text("#error")
+    want = open_srv.post("/attention", {"text": LONG, "layer": 1}, key=None).json()
+    S = len(want["tokens"])
+    assert S == 256 and want["truncated"] and page.locator("#attn [data-p]").count() == 0
+    size = page.eval_on_selector("#attn canvas", "c => c.width") / S
+    assert size == int(size) >= 2
+    for q, k in [(0, 0), (5, 200), (255, 17), (128, 128)]:
+        page.hover("#attn canvas", position={"x": (k + 0.5) * size, "y": (q + 0.5) * size})
+        got = page.eval_on_selector("#attn-readout", "r => [+r.dataset.q, +r.dataset.k, +r.dataset.p]")
+        assert got == [q, k, want["attention"][2][q][k]]
+
+
 def test_errors_keep_the_input(page, keyed):
     page.goto(shared(keyed.base, ["first text", "second"]))
     assert wait_run(page, 0) == "error"  # a shared link, no key yet: the page says it needs one
