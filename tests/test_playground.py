@@ -208,9 +208,12 @@ def test_errors_keep_the_input(page, keyed):
     assert page.input_value("#texts") == "first text\nsecond"
 
     page.fill("#key", KEY)
+    assert click_and_wait(page, "#embed") == "done"
+    assert not page.is_visible("#error") and len(cosines(page)) == 4
     page.fill("#texts", "first text\n\nthird")
     assert click_and_wait(page, "#embed") == "error"
     assert "400: inputs.text[1]: empty string" in page.inner_text("#error")
+    assert not page.is_visible("#cos-card")  # no earlier result shown as this input's
     assert page.input_value("#texts") == "first text\n\nthird"
 
     big = "x" * BODY_LIMIT
