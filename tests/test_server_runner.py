@@ -3,7 +3,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import subprocess_env
+
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
 
 
 def test_a_busy_port_is_one_line_and_exit_2(minilm_path):
