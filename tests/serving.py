@@ -10,12 +10,14 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import subprocess_env
+from .conftest import TEXTS, subprocess_env
 
 KEY, ENV_KEY = "test-key-1", "env-key-2"
 HOSTED = "@cf/baai/bge-large-en-v1.5"
 NAMES = ["all-MiniLM-L6-v2", HOSTED]
+NAMED = [a for n in NAMES for a in ("--served-model-name", n)]  # serve's flags for NAMES
 RUN = "/client/v4/accounts/acct/ai/run/"
+MORE = TEXTS + ["Embedding models truncate long inputs. " * 200, "x" * 3, "Numbers 3.14159 and 2,718 too."]  # as test_embedder's
 
 
 def free_port() -> int:
@@ -46,6 +48,12 @@ class Served:
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"server not up after 90 s: {self.log.read_text()}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def stop(self):
         if self.proc.poll() is None:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,7 +20,7 @@ import requests
 
 from bge_ref import inspect as inside_module
 
-from .serving import KEY, RUN, Served
+from .serving import KEY, RUN, Served, run_error
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,27 +44,18 @@ def browser():
             b.close()
 
 
-@contextmanager
-def serving(tmp_path_factory, model, *args):
-    s = Served(tmp_path_factory.mktemp("srv"), model, *args)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 @pytest.fixture(scope="module")
 def open_srv(tmp_path_factory, minilm_path):
     """No key: a shared link runs as soon as it loads."""
-    with serving(tmp_path_factory, minilm_path, "--served-model-name", "all-MiniLM-L6-v2") as s:
+    with Served(tmp_path_factory.mktemp("open"), minilm_path, "--served-model-name", "all-MiniLM-L6-v2") as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory, minilm_path):
     """A key, a small body limit, and 2 requests in flight at most (the page's Embed makes two)."""
-    with serving(tmp_path_factory, minilm_path, "--api-key", KEY, "--max-body-bytes", str(BODY_LIMIT),
-                 "--max-concurrent-requests", "2") as s:
+    with Served(tmp_path_factory.mktemp("keyed"), minilm_path, "--api-key", KEY, "--max-body-bytes", str(BODY_LIMIT),
+                "--max-concurrent-requests", "2") as s:
         yield s
 
 
@@ -246,7 +236,7 @@ def test_overloaded(page, keyed):
         error = page.inner_text("#error")
         assert "429: overloaded: 2 requests in flight" in error and "(Retry-After: 1 s)" in error, error
         assert page.input_value("#texts") == before
-        assert "overloaded" in envelope_error(keyed.post("/attention", {"text": "a", "layer": 0}), 429)
+        assert "overloaded" in run_error(keyed.post("/attention", {"text": "a", "layer": 0}), 429)
     finally:
         for t in busy:
             t.join(300)
@@ -254,13 +244,6 @@ def test_overloaded(page, keyed):
 
 
 # -- POST /attention over HTTP -------------------------------------------------------------------
-def envelope_error(r, status):
-    body = r.json()
-    assert r.status_code == status and body["success"] is False and body["result"] is None
-    assert [e["code"] for e in body["errors"]] == [status]
-    return body["errors"][0]["message"]
-
-
 def test_attention_route(keyed, minilm):
     r = keyed.post("/attention", {"text": "hello world", "layer": 5})
     assert r.status_code == 200
@@ -268,6 +251,18 @@ def test_attention_route(keyed, minilm):
     want = inside_module.as_json(inside_module.look_inside(minilm, "hello world", 5))
     assert body == json.loads(json.dumps(want))
     assert body["tokens"] == ["[CLS]", "hello", "world", "[SEP]"] and np.shape(body["attention"]) == (12, 4, 4)
+
+
+def test_routes_match_the_document(keyed):
+    """GET / and POST /attention in GET /openapi.json; real answers validate against its schemas."""
+    import jsonschema
+    doc = requests.get(keyed.base + "/openapi.json", timeout=30).json()
+    assert doc["paths"]["/"]["get"]["security"] == [] and "text/html" in doc["paths"]["/"]["get"]["responses"]["200"]["content"]
+    op = doc["paths"]["/attention"]["post"]
+    assert sorted(op["responses"]) == ["200", "400", "401", "408", "413", "429", "500", "503"]
+    for body, status in [({"text": "hello world", "layer": 0}, 200), ({"text": "a", "layer": 99}, 400)]:
+        schema = op["responses"][str(status)]["content"]["application/json"]["schema"]
+        jsonschema.validate(keyed.post("/attention", body).json(), {**schema, "components": doc["components"]})
 
 
 @pytest.mark.parametrize("body, key, status, message", [
@@ -280,7 +275,7 @@ def test_attention_route(keyed, minilm):
     ({"text": "x" * BODY_LIMIT, "layer": 0}, KEY, 413, f"the limit is {BODY_LIMIT}"),
 ])
 def test_attention_errors(keyed, body, key, status, message):
-    assert message in envelope_error(keyed.post("/attention", body, key=key), status)
+    assert message in run_error(keyed.post("/attention", body, key=key), status)
 
 
 def test_page_needs_no_key(keyed):

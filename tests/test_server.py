@@ -16,9 +16,11 @@ import time
 import numpy as np
 import pytest
 import requests
+
 from .conftest import subprocess_env
-from .serving import ENV_KEY, HOSTED, KEY, NAMES, RUN, Served, openai_error, run_error  # noqa: F401 (test_readme)
-from .test_embedder import MORE
+from .serving import ENV_KEY, HOSTED, KEY, MORE, NAMED, NAMES, RUN, Served, openai_error, run_error  # test_readme imports some from here
+
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
 
 STORIES = ["This is a story about an orange cloud", "This is a story about a llama",
            "This is a story about a hugging emoji"]
@@ -54,23 +56,16 @@ print(response.json())
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, minilm_path):
-    s = Served(tmp_path_factory.mktemp("srv"), minilm_path, "--api-key", KEY,
-               *[a for n in NAMES for a in ("--served-model-name", n)])
-    try:
+    with Served(tmp_path_factory.mktemp("srv"), minilm_path, "--api-key", KEY, *NAMED) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, minilm_path):
     """Key from $BGE_REF_API_KEY, default served names, 2 requests in flight at most, no truncation."""
-    s = Served(tmp_path_factory.mktemp("small"), minilm_path, "--max-concurrent-requests", "2", "--no-truncate",
-               env={"BGE_REF_API_KEY": ENV_KEY})
-    try:
+    with Served(tmp_path_factory.mktemp("small"), minilm_path, "--max-concurrent-requests", "2", "--no-truncate",
+                env={"BGE_REF_API_KEY": ENV_KEY}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 
@@ -370,12 +365,9 @@ def test_a_non_finite_vector_is_a_500(tmp_path, minilm_path):
         name = next(n for n in weights if f"layer.0.attention.self.{kind}.weight" in n)
         weights[name] = weights[name] * np.float32(1e20)
     save_file(weights, broken / "model.safetensors")
-    s = Served(tmp_path, broken, "--api-key", KEY)
-    try:
+    with Served(tmp_path, broken, "--api-key", KEY) as s:
         message = run_error(s.post(RUN + "broken", {"text": ["a", "b"]}), 500)
         assert "NumericalError" in message and "inputs.text[0]" in message and "non-finite" in message
         err = openai_error(s.post("/v1/embeddings", {"input": "a"}), 500)
         assert err["type"] == "server_error" and "non-finite" in err["message"]
         assert s.get("/health", key=None).status_code == 200  # and it keeps serving
-    finally:
-        s.stop()

@@ -1,11 +1,14 @@
 """The batching worker in process, deterministic: batch composition and each request's own rows."""
 import numpy as np
+import pytest
 
 from bge_ref import api
 from bge_ref.server import batcher
 
-from .test_embedder import MORE
+from .serving import MORE
 from .test_server import STORIES
+
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
 
 
 def test_worker_fills_a_rounds_last_batch_from_the_next_round(minilm, monkeypatch):

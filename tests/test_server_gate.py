@@ -12,18 +12,17 @@ import requests
 
 from .serving import KEY, RUN, Served, openai_error, run_error
 
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
+
 ORIGIN = "http://app.example"
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, minilm_path):
     """A key, 16 connections at most, 1 s to send a body, CORS for one origin."""
-    s = Served(tmp_path_factory.mktemp("guarded"), minilm_path, "--api-key", KEY, "--max-connections", "16",
-               "--body-timeout", "1", "--cors-allow-origin", ORIGIN)
-    try:
+    with Served(tmp_path_factory.mktemp("guarded"), minilm_path, "--api-key", KEY, "--max-connections", "16",
+                "--body-timeout", "1", "--cors-allow-origin", ORIGIN) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def raw_request(path, body=b"", headers=(), declared=None) -> bytes:
@@ -54,8 +53,7 @@ def read_response(sock, timeout: float) -> tuple[int, dict, bytes]:
 def test_unauthenticated_bodies_are_never_read(tmp_path, minilm_path):
     """150 callers without the key, each declaring and sending 1.9 MB at once: each gets its 401 as
     soon as its headers arrive, and the server's memory grows by a few MB, not by their 285 MB."""
-    srv = Served(tmp_path, minilm_path, "--api-key", KEY)
-    try:
+    with Served(tmp_path, minilm_path, "--api-key", KEY) as srv:
         proc = psutil.Process(srv.proc.pid)
         base = proc.memory_info().rss
         peak = [base]
@@ -98,8 +96,6 @@ def test_unauthenticated_bodies_are_never_read(tmp_path, minilm_path):
         assert grown < 60, f"the server grew by {grown:.0f} MB"
         assert requests.post(srv.base + "/v1/embeddings", json={"input": "still here"},  # and it still serves
                              headers={"Authorization": f"Bearer {KEY}"}, timeout=60).status_code == 200
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("path, errors", [(RUN + "model", "run"), ("/v1/embeddings", "openai")])

@@ -3,7 +3,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import subprocess_env
+
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
 
 
 def test_a_busy_port_is_one_line_and_exit_2(minilm_path):
@@ -24,3 +28,11 @@ def test_missing_serve_extra_is_one_line(minilm_path):
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("bge-ref: error: ") and 'pip install "bge-ref[serve]"' in lines[0]
+
+
+def test_bad_limits_are_one_line(minilm_path):
+    for flag, value in [("--max-connections", "0"), ("--body-timeout", "-1"), ("--max-batch-tokens", "0")]:
+        r = subprocess.run([sys.executable, "-m", "bge_ref", "serve", "--model", str(minilm_path), flag, value],
+                           capture_output=True, timeout=120, env=subprocess_env())
+        assert r.returncode == 2 and r.stderr.decode().splitlines() == [
+            f"bge-ref: error: {flag} must be positive, got {float(value) if flag == '--body-timeout' else value}"]

@@ -1,7 +1,11 @@
 """The server's settings: served names, loopback hosts, and the CLI's defaults taken from them."""
+import pytest
+
 from bge_ref import server as server_module
 
 from .serving import HOSTED
+
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
 
 
 def test_served_names_and_loopback():

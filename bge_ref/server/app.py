@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from .. import api
+from . import openapi
 from ..errors import BgeRefError, InputError
 from . import playground
 from .batcher import Job, Worker
@@ -38,6 +39,7 @@ class Server:
         self.draining = False
         self.connections = lambda: self.open_requests  # the runner counts the server's open connections
         self.unused_ids = unused_token_ids(model)
+        self.openapi_document = openapi.spec(self.info_body())
         self.routes = [(e, Route(e.path, getattr(self, e.handler), methods=[e.method])) for e in ENDPOINTS]
         handlers = {Reject: self._reject, 404: self._http_error, 405: self._http_error, Exception: self._crash}
         starlette = Starlette(routes=[r for _, r in self.routes], exception_handlers=handlers)
@@ -88,13 +90,18 @@ class Server:
         return json_response({"status": "ok"})
 
     async def info(self, request):
+        return json_response(self.info_body())
+
+    def info_body(self) -> dict:
         c, s = self.model.config, self.settings
         from .. import __version__
-        return json_response({
-            "served_model_names": s.served, "checkpoint": self.model.name, "hidden_size": c.hidden_size,
-            "num_hidden_layers": c.num_hidden_layers, "max_input_tokens": self.model.max_length,
-            "pooling": self.model.pooling, "dtype": str(self.model.dtype), "truncate": s.truncate,
-            "limits": s.limits(), "version": __version__})
+        return {"served_model_names": s.served, "checkpoint": self.model.name, "hidden_size": c.hidden_size,
+                "num_hidden_layers": c.num_hidden_layers, "max_input_tokens": self.model.max_length,
+                "pooling": self.model.pooling, "dtype": str(self.model.dtype), "truncate": s.truncate,
+                "limits": s.limits(), "version": __version__}
+
+    async def openapi(self, request):
+        return json_response(self.openapi_document)
 
     async def tokenize(self, request):
         body = parse_json(await request.body())
