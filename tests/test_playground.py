@@ -22,6 +22,8 @@ from bge_ref import inspect as inside_module
 
 from .serving import KEY, RUN, Served, run_error
 
+# Not in the quick tier, though it needs no torch: it needs Playwright and a system Chromium, which
+# the quick tier's environment need not have.
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
