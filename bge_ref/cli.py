@@ -220,6 +220,7 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="print the resolved config, pooling and max length")
     i.add_argument("--model")
     i.set_defaults(func=_info)
+    from . import corpus  # its defaults; numpy only, as the package
     c = sub.add_parser("embed-corpus", help="embed a .txt/.jsonl/.parquet corpus into one .npy, resumably (README)")
     c.add_argument("input", help=".txt (one text per line), .jsonl or .parquet (the --text-field)")
     c.add_argument("-o", "--output", required=True, help="OUTPUT.npy: float32 (n, D) in input order")
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
     c.add_argument("--text-field", default="text", help="the .jsonl field or .parquet column (default: text)")
     c.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     c.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=int, default=corpus.BATCH_SIZE)
     c.add_argument("--skip-bad", action="store_true",
                    help="record bad lines in OUTPUT.bad.jsonl instead of stopping (rows' lines: OUTPUT.lines.npy)")
     c.add_argument("--overwrite", action="store_true", help="delete any earlier run's output and start over")
@@ -235,11 +236,12 @@ def main(argv=None) -> int:
                    help="run on a Ray cluster: ADDRESS, else a running one, else a local one (bge-ref[ray]); "
                    "put it after INPUT, or write --ray=ADDRESS")
     c.add_argument("--actors", type=int, help="with --ray: embedding actors (default: the cluster's CPUs - 1)")
-    c.add_argument("--window", type=int, default=2048, help="texts sorted by length together (default 2048, as encode)")
-    c.add_argument("--chunk-tokens", type=int, default=8192,
-                   help="padded tokens per committed chunk: the most work a kill can lose (default 8192)")
-    c.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
-                   help="when stderr is not a terminal, a progress line this often (default 10)")
+    c.add_argument("--window", type=int, default=corpus.WINDOW,
+                   help="texts sorted by length together (default %(default)s, as encode)")
+    c.add_argument("--chunk-tokens", type=int, default=corpus.CHUNK_TOKENS,
+                   help="padded tokens per committed chunk: the most work a kill can lose (default %(default)s)")
+    c.add_argument("--progress-every", type=float, default=corpus.PROGRESS_EVERY, metavar="SECONDS",
+                   help="when stderr is not a terminal, a progress line this often (default %(default)s)")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(func=_embed_corpus)
     _add_serve(sub)

@@ -194,7 +194,7 @@ def test_sigkill_then_rerun_continues_and_equals_an_uninterrupted_run(tmp_path, 
 @pytest.fixture
 def partial_run(tmp_path, tiny, monkeypatch):
     """A run stopped after its chunks were committed, before assembly: its parts directory."""
-    import bge_ref.corpus as corpus
+    import bge_ref.corpus.job as corpus
     src = write_txt(tmp_path / "c.txt", corpus_texts(100, seed=5))
 
     def stop(*a, **k):
