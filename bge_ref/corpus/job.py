@@ -3,6 +3,7 @@ the work on disk, and the run itself, here or on Ray."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
@@ -16,9 +17,9 @@ from ..errors import InputError
 from .batches import embed_window
 from .constants import BATCH_SIZE, CHUNK_TEXTS, CHUNK_TOKENS, FORMAT, PROGRESS_EVERY, WINDOW
 from .progress import Progress
-from .readers import Source, open_source, scan, window_texts
-from .store import (CorpusError, Paths, assemble, committed, lines_npy, read_manifest, window_complete,
-                    write_json_atomic)
+from .readers import Source, open_source, scan, sha256_file, window_texts
+from .store import (CorpusError, Paths, assemble, check_committed, committed, fsync_dir, lines_npy, locked,
+                    read_manifest, window_complete, write_json_atomic)
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -100,7 +101,7 @@ def make_job(src: Source, model, pooling, query, *, skip_bad, window, batch_size
     default_pooling, normalize = st_config.sentence_transformers_defaults(directory)
     if pooling is not None and pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    return Job(input_sha256=sha256_files([src.path]), input_bytes=src.path.stat().st_size,
+    return Job(input_sha256=sha256_file(src.path), input_bytes=src.path.stat().st_size,
                input_path=str(src.path), input_format=src.kind,
                text_field=None if src.kind == "txt" else src.field,
                model_sha256=model_sha256(directory), model_path=str(directory),
@@ -125,7 +126,9 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, *, model: 
     """Embed every text of `input` (.txt, .jsonl, .parquet) into `output` (.npy), resuming a partial run.
 
     ray: None or False for this machine, True to join a running Ray cluster or start a local one, or a
-    cluster address. Returns a summary: {"output", "shape", "skipped", "status"}.
+    cluster address. Returns a summary: {"output", "shape", "skipped", "status", "redone"} (redone:
+    chunks found damaged and embedded again). Raises InputError for bad input, CorpusError when the
+    output holds another job's work, is locked by a running job, or cannot be written (an OSError).
     """
     for name, v in (("batch_size", batch_size), ("window", window), ("chunk_tokens", chunk_tokens),
                     ("chunk_texts", chunk_texts)):
@@ -136,10 +139,29 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, *, model: 
     if paths.out.suffix != ".npy":
         raise InputError(f"{output}: the output must be a .npy file")
     src = open_source(input, text_field)
-    job = make_job(src, model, pooling, query, skip_bad=skip_bad, window=window, batch_size=batch_size,
-                   chunk_tokens=chunk_tokens, chunk_texts=chunk_texts)
-    progress_stream = stream or sys.stderr
-    say = Progress(0, quiet=quiet, stream=progress_stream).say
+    say = Progress(quiet=quiet, stream=stream).say
+    say(f"hashing {src.path} ({src.path.stat().st_size:,} bytes) and the model's files")  # before any slow step
+    try:
+        paths.out.parent.mkdir(parents=True, exist_ok=True)
+        with locked(paths):  # before the hashing: a second job on this output fails at once
+            job = make_job(src, model, pooling, query, skip_bad=skip_bad, window=window, batch_size=batch_size,
+                           chunk_tokens=chunk_tokens, chunk_texts=chunk_texts)
+            return _embed(src, paths, job, overwrite=overwrite, ray=ray, model=model, actors=actors,
+                          quiet=quiet, progress_every=progress_every, stream=stream)
+    except OSError as e:  # a read-only directory, a full disk: one line naming the file, not a traceback
+        raise CorpusError(os_error_message(e, paths.out)) from None
+
+
+def os_error_message(e: OSError, out: Path) -> str:
+    where = e.filename or out
+    hint = {errno.ENOSPC: "; free some space and rerun the same command: the chunks committed so far are kept",
+            errno.EROFS: "; the output's directory must be writable",
+            errno.EACCES: "; the output's directory must be writable"}.get(e.errno, "")
+    return f"{where}: {e.strerror or e}{hint}"
+
+
+def _embed(src, paths, job, *, overwrite, ray, model, actors, quiet, progress_every, stream) -> dict:
+    say = Progress(quiet=quiet, stream=stream).say
     if overwrite:
         paths.remove_all()
     if paths.out.exists():
@@ -147,14 +169,14 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, *, model: 
         if old is None:
             raise CorpusError(f"{paths.out} exists and was not written by embed-corpus (no {paths.manifest.name}); "
                               "pass --overwrite to replace it")
-        why = mismatch(old, job, IDENTITY)
+        why = mismatch(old, job, IDENTITY + LAYOUT)  # another batch layout would give other bits
         if why:
             raise CorpusError(f"{paths.out} holds a completed run of another job: {why}; pass --overwrite "
                               "to start over, or choose another output")
         shutil.rmtree(paths.parts, ignore_errors=True)  # left if the last run stopped while cleaning up
         say(f"{paths.out} is already complete ({old['texts']:,} texts); nothing to do")
-        return {"output": str(paths.out), "shape": [old["texts"], old["dim"]], "skipped": old.get("skipped", 0),
-                "status": "already complete"}
+        return {"output": str(paths.out), "shape": [old["texts"], old["dim"]], "skipped": old["skipped"],
+                "status": "already complete", "redone": 0}
     old = read_manifest(paths.parts / "manifest.json") if paths.parts.exists() else None
     if old is not None:
         why = mismatch(old, job, IDENTITY + LAYOUT)
@@ -164,7 +186,8 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, *, model: 
     else:  # nothing, or a run killed before its manifest: no chunk can exist yet
         shutil.rmtree(paths.parts, ignore_errors=True)
         paths.parts.mkdir(parents=True)
-    scanned = scan(src, job.window, skip_bad, paths.parts)
+    say(f"scanning {src.path}")
+    scanned = scan(src, job.window, job.skip_bad, paths.parts)
     job = dataclasses.replace(job, texts=scanned.texts, skipped=scanned.bad)
     if old is None:
         write_json_atomic(paths.parts / "manifest.json", job.manifest())
@@ -172,37 +195,63 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, *, model: 
         raise CorpusError(f"{paths.parts}: the input now has {scanned.texts} texts, the partial run {old.get('texts')}; "
                           "pass --overwrite to start over")
 
-    done = committed(paths.parts)
-    already = sum(n for w, c in done.items() for j, n in c.items() if j >= 0)
-    progress = Progress(scanned.texts, already, quiet=quiet, every=progress_every, stream=progress_stream)
-    if already:
-        progress.say(f"resuming: {already:,} of {scanned.texts:,} texts already embedded in {paths.parts}")
-    pending = [(w, off, num, min(job.window, scanned.texts - w * job.window))
-               for w, (off, num) in enumerate(scanned.windows) if not window_complete(done.get(w))]
-    if ray is None or ray is False:
-        _run_local(src, pending, paths.parts, job, progress)
-    else:
-        from .ray_job import run_ray
-        run_ray(ray, src, pending, paths.parts, job, model, actors, progress)
+    redone = []
+    def damaged(name, why):
+        redone.append(name)
+        progress.warn(f"chunk {paths.parts / name} is damaged ({why}); embedding it again")
 
-    assemble(paths.parts, paths.parts / "output.npy", scanned.texts, job.dim, job.window)
-    if skip_bad:
+    progress = Progress(scanned.texts, quiet=quiet, every=progress_every, stream=stream)
+    done = check_committed(paths.parts, job.dim, job.window, scanned.texts, damaged) if old else {}
+    for attempt in range(3):  # a chunk damaged during the run is found by assembly: redo it, assemble again
+        already = sum(n for c in done.values() for j, n in c.items() if j >= 0)
+        pending = [(w, off, num, min(job.window, scanned.texts - w * job.window))
+                   for w, (off, num) in enumerate(scanned.windows) if not window_complete(done.get(w))]
+        progress = Progress(scanned.texts, already, window_chars=scanned.chars, pending=[p[0] for p in pending],
+                            quiet=quiet, every=progress_every, stream=stream)
+        if already:
+            progress.say(f"resuming: {already:,} of {scanned.texts:,} texts already embedded in {paths.parts}")
+        if ray is None or ray is False:
+            _run_local(src, pending, paths.parts, job, progress)
+        else:
+            from .ray_job import run_ray
+            run_ray(ray, src, pending, paths.parts, job, model, actors, progress)
+        _check_input_unchanged(src, job, paths)  # the last read of the input is done
+        bad = assemble(paths.parts, paths.parts / "output.npy", scanned.texts, job.dim, job.window)
+        for name, why in bad:
+            damaged(name, why)
+        if not bad:
+            break
+        done = committed(paths.parts)
+    else:
+        raise CorpusError(f"{paths.parts}: chunks were damaged again after being redone twice; check the disk")
+    if job.skip_bad:
         lines_npy(paths.parts, paths.lines, scanned.texts)
         os.replace(paths.parts / "bad.jsonl", paths.bad)
-    write_json_atomic(paths.manifest, {k: v for k, v in job.manifest().items() if k not in LAYOUT})
+    write_json_atomic(paths.manifest, job.manifest())
     os.replace(paths.parts / "output.npy", paths.out)  # the moment the output becomes complete
+    fsync_dir(paths.out.parent)
     shutil.rmtree(paths.parts)
     progress.close(f"done, {paths.out} ({scanned.texts:,} x {job.dim})")
     return {"output": str(paths.out), "shape": [scanned.texts, job.dim], "skipped": scanned.bad,
-            "status": "complete"}
+            "status": "complete", "redone": len(redone)}
+
+
+def _check_input_unchanged(src: Source, job: Job, paths: Paths):
+    """The input was hashed before the scan; if it changed since, its rows mix two versions of it."""
+    now = sha256_file(src.path)
+    if now != job.input_sha256:
+        raise CorpusError(f"{src.path} changed while the job ran (sha256 {job.input_sha256[:12]}... at the start, "
+                          f"{now[:12]}... at the end): its rows would mix two versions of it, so {paths.out} was "
+                          "not written; rerun with --overwrite to embed the file as it is now")
 
 
 def _run_local(src, pending, parts, job, progress):
     if not pending:
         return
     from ..embedder import load
+    progress.say(f"loading the model {job.model_path}")
     embedder = load(job.model_path)
     for w, offset, number, count in pending:
         texts = window_texts(src, offset, number, count)
-        for texts_done, tokens in embed_window(embedder, texts, w, parts, job):
+        for texts_done, tokens in embed_window(embedder, texts, w, parts, job, progress.measure):
             progress.update(texts_done, tokens)

@@ -58,6 +58,7 @@ def run_ray(address, src, pending, parts, job, model, actors, progress):
                      f"({threads} BLAS thread{'s' if threads > 1 else ''} each)")
         try:
             for row in ds.iter_rows():
+                progress.measure(int(row["window"]), int(row["window_tokens"]), int(row["committed_tokens"]))
                 progress.update(int(row["texts"]), int(row["tokens"]))
         except Exception as e:  # Ray wraps the actor's error; report its message, not Ray's traceback
             cause = e
@@ -96,9 +97,12 @@ class _WindowEmbedder:
         self.model, self.parts, self.job = load(directory), Path(parts), job
 
     def __call__(self, batch):
-        texts, tokens = [], []
+        rows = []  # per window: texts and tokens embedded, tokens in all, tokens committed before
         for w, payload in zip(batch["window"], batch["texts"]):
-            done = list(embed_window(self.model, json.loads(payload), int(w), self.parts, self.job))
-            texts.append(sum(d[0] for d in done))
-            tokens.append(sum(d[1] for d in done))
-        return {"window": np.asarray(batch["window"]), "texts": np.array(texts), "tokens": np.array(tokens)}
+            seen = []
+            done = list(embed_window(self.model, json.loads(payload), int(w), self.parts, self.job,
+                                     lambda _, tokens, committed: seen.extend((tokens, committed))))
+            rows.append((sum(d[0] for d in done), sum(d[1] for d in done), *seen))
+        texts, tokens, window_tokens, committed_tokens = (np.array(c, dtype=np.int64) for c in zip(*rows))
+        return {"window": np.asarray(batch["window"]), "texts": texts, "tokens": tokens,
+                "window_tokens": window_tokens, "committed_tokens": committed_tokens}
