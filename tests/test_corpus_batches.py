@@ -1,22 +1,14 @@
 """bge_ref/corpus/batches.py: a window cut into chunks of encode()'s batches, tokenized once; the rows
 equal encode()'s bit for bit; Embedder.encode_stream."""
-import io
-import json
-import re
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
-import bge_ref
-from bge_ref.corpus import CorpusError, embed_corpus, plan_chunks
+from bge_ref.corpus import embed_corpus, plan_chunks
 from bge_ref.errors import InputError
-from tests.checkpoints import TINY_CONFIG, make_random_bert
-from tests.conftest import subprocess_env
-from tests.corpus_helpers import WORDS, corpus_texts, run_cli, tiny_model, write_jsonl, write_txt  # noqa: F401
+from tests.corpus_helpers import corpus_texts, tiny_model, write_txt  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.quick  # no torch: the tiny checkpoint's directory and bge_ref only
+
 
 
 # -- encode_stream ---------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ import time
 import numpy as np
 import pytest
 
-import bge_ref
-from bge_ref.corpus import CorpusError, embed_corpus, plan_chunks
-from bge_ref.errors import InputError
+from bge_ref.corpus import CorpusError, embed_corpus
 from tests.checkpoints import TINY_CONFIG, make_random_bert
 from tests.conftest import subprocess_env
-from tests.corpus_helpers import TEXTS, WORDS, corpus_texts, partial_run, run_cli, tiny_model, write_txt  # noqa: F401
+from tests.corpus_helpers import TEXTS, WORDS, corpus_texts, run_cli, write_txt
+from tests.corpus_helpers import partial_run, tiny_model  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.quick  # no torch: the tiny checkpoint's directory and bge_ref only
+
 
 
 # -- resuming --------------------------------------------------------------------------------------

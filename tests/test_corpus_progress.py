@@ -1,22 +1,15 @@
 """bge_ref/corpus/progress.py: progress lines, the bar, quiet, the first line at once, the ETA from tokens."""
 import io
 import json
-import re
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 
 import bge_ref
 from bge_ref.corpus import embed_corpus
 from bge_ref.corpus.progress import Progress
-from bge_ref.errors import InputError
-from tests.checkpoints import TINY_CONFIG, make_random_bert
-from tests.conftest import subprocess_env
-from tests.corpus_helpers import WORDS, corpus_texts, run_cli, tiny_model, write_jsonl, write_txt  # noqa: F401
+from tests.corpus_helpers import corpus_texts, run_cli, write_txt
+
+pytestmark = pytest.mark.quick  # no torch: the tiny checkpoint's directory and bge_ref only
 
 
 # -- progress --------------------------------------------------------------------------------------

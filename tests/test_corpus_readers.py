@@ -1,22 +1,18 @@
 """bge_ref/corpus/readers.py: every input format, bad records named by file and line, --skip-bad,
 the input's sha256."""
-import io
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-import bge_ref
-from bge_ref.corpus import CorpusError, embed_corpus, plan_chunks
+from bge_ref.corpus import embed_corpus
 from bge_ref.errors import InputError
-from tests.checkpoints import TINY_CONFIG, make_random_bert
-from tests.conftest import subprocess_env
-from tests.corpus_helpers import WORDS, corpus_texts, run_cli, tiny_model, write_jsonl, write_txt  # noqa: F401
+from tests.corpus_helpers import corpus_texts, run_cli, write_jsonl, write_txt
+from tests.corpus_helpers import tiny_model  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.quick  # no torch: the tiny checkpoint's directory and bge_ref only
+
 
 
 def test_every_input_format_gives_the_same_rows(tmp_path, tiny, tiny_model):

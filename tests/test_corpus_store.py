@@ -12,7 +12,11 @@ import pytest
 from bge_ref.corpus import CorpusError, embed_corpus
 from bge_ref.corpus import batches, store
 from tests.conftest import subprocess_env
-from tests.corpus_helpers import TEXTS, partial_run, run_cli, tiny_model, write_txt  # noqa: F401
+from tests.corpus_helpers import TEXTS, run_cli, write_txt
+from tests.corpus_helpers import partial_run, tiny_model  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.quick
+
 
 def altered(path):
     """The chunk at path with one vector changed, and its stored sha256 kept."""
@@ -37,6 +41,9 @@ def test_damaged_chunks_are_redone_and_reported_on_resume(partial_run, tiny, tin
                        (chunks[2], "its contents differ from the sha256 written with them")):
         assert f"embed-corpus: chunk {chunk} is damaged ({why}" in log
     assert log.count("; embedding it again\n") == 3
+    resumed = 100 - sum(int(c.stem.split("-n")[1]) for c in chunks[:3])  # checked before the work, not found at the end
+    assert log.index("embedding it again") < log.index("resuming: ")
+    assert log.count("resuming: ") == 1 and f"embed-corpus: resuming: {resumed} of 100 texts" in log
     ref = np.concatenate(list(tiny_model.encode_stream(TEXTS, window=32)))
     assert np.array_equal(np.load(out), ref)
 

@@ -7,7 +7,6 @@ import errno
 import hashlib
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -165,27 +164,8 @@ def _embed(src, paths, job, *, overwrite, ray, model, actors, quiet, progress_ev
     if overwrite:
         paths.remove_all()
     if paths.out.exists():
-        old = read_manifest(paths.manifest)
-        if old is None:
-            raise CorpusError(f"{paths.out} exists and was not written by embed-corpus (no {paths.manifest.name}); "
-                              "pass --overwrite to replace it")
-        why = mismatch(old, job, IDENTITY + LAYOUT)  # another batch layout would give other bits
-        if why:
-            raise CorpusError(f"{paths.out} holds a completed run of another job: {why}; pass --overwrite "
-                              "to start over, or choose another output")
-        shutil.rmtree(paths.parts, ignore_errors=True)  # left if the last run stopped while cleaning up
-        say(f"{paths.out} is already complete ({old['texts']:,} texts); nothing to do")
-        return {"output": str(paths.out), "shape": [old["texts"], old["dim"]], "skipped": old["skipped"],
-                "status": "already complete", "redone": 0}
-    old = read_manifest(paths.parts / "manifest.json") if paths.parts.exists() else None
-    if old is not None:
-        why = mismatch(old, job, IDENTITY + LAYOUT)
-        if why:
-            raise CorpusError(f"{paths.parts} holds a partial run of another job: {why}; pass --overwrite "
-                              "to start over (it deletes the partial run), or rerun with the same options")
-    else:  # nothing, or a run killed before its manifest: no chunk can exist yet
-        shutil.rmtree(paths.parts, ignore_errors=True)
-        paths.parts.mkdir(parents=True)
+        return _already_complete(paths, job, say)
+    old = _open_parts(paths, job)
     say(f"scanning {src.path}")
     scanned = scan(src, job.window, job.skip_bad, paths.parts)
     job = dataclasses.replace(job, texts=scanned.texts, skipped=scanned.bad)
@@ -194,13 +174,13 @@ def _embed(src, paths, job, *, overwrite, ray, model, actors, quiet, progress_ev
     elif old.get("texts") != scanned.texts:
         raise CorpusError(f"{paths.parts}: the input now has {scanned.texts} texts, the partial run {old.get('texts')}; "
                           "pass --overwrite to start over")
-
+    warn = Progress(quiet=quiet, stream=stream).warn
     redone = []
+
     def damaged(name, why):
         redone.append(name)
-        progress.warn(f"chunk {paths.parts / name} is damaged ({why}); embedding it again")
+        warn(f"chunk {paths.parts / name} is damaged ({why}); embedding it again")
 
-    progress = Progress(scanned.texts, quiet=quiet, every=progress_every, stream=stream)
     done = check_committed(paths.parts, job.dim, job.window, scanned.texts, damaged) if old else {}
     for attempt in range(3):  # a chunk damaged during the run is found by assembly: redo it, assemble again
         already = sum(n for c in done.values() for j, n in c.items() if j >= 0)
@@ -224,16 +204,50 @@ def _embed(src, paths, job, *, overwrite, ray, model, actors, quiet, progress_ev
         done = committed(paths.parts)
     else:
         raise CorpusError(f"{paths.parts}: chunks were damaged again after being redone twice; check the disk")
-    if job.skip_bad:
-        lines_npy(paths.parts, paths.lines, scanned.texts)
-        os.replace(paths.parts / "bad.jsonl", paths.bad)
-    write_json_atomic(paths.manifest, job.manifest())
-    os.replace(paths.parts / "output.npy", paths.out)  # the moment the output becomes complete
-    fsync_dir(paths.out.parent)
-    shutil.rmtree(paths.parts)
+    _finish(paths, job)
     progress.close(f"done, {paths.out} ({scanned.texts:,} x {job.dim})")
     return {"output": str(paths.out), "shape": [scanned.texts, job.dim], "skipped": scanned.bad,
             "status": "complete", "redone": len(redone)}
+
+
+def _already_complete(paths: Paths, job: Job, say) -> dict:
+    old = read_manifest(paths.manifest)
+    if old is None:
+        raise CorpusError(f"{paths.out} exists and was not written by embed-corpus (no {paths.manifest.name}); "
+                          "pass --overwrite to replace it")
+    why = mismatch(old, job, IDENTITY + LAYOUT)  # another batch layout would give other bits
+    if why:
+        raise CorpusError(f"{paths.out} holds a completed run of another job: {why}; pass --overwrite "
+                          "to start over, or choose another output")
+    shutil.rmtree(paths.parts, ignore_errors=True)  # left if the last run stopped while cleaning up
+    say(f"{paths.out} is already complete ({old['texts']:,} texts); nothing to do")
+    return {"output": str(paths.out), "shape": [old["texts"], old["dim"]], "skipped": old["skipped"],
+            "status": "already complete", "redone": 0}
+
+
+def _open_parts(paths: Paths, job: Job) -> dict | None:
+    """The manifest of this job's partial run in the parts directory, or None after making it empty."""
+    old = read_manifest(paths.parts / "manifest.json") if paths.parts.exists() else None
+    if old is not None:
+        why = mismatch(old, job, IDENTITY + LAYOUT)
+        if why:
+            raise CorpusError(f"{paths.parts} holds a partial run of another job: {why}; pass --overwrite "
+                              "to start over (it deletes the partial run), or rerun with the same options")
+        return old
+    shutil.rmtree(paths.parts, ignore_errors=True)  # nothing, or a run killed before its manifest: no chunk yet
+    paths.parts.mkdir(parents=True)
+    return None
+
+
+def _finish(paths: Paths, job: Job):
+    """Move the assembled output and its side files in place, the output last: then it is complete."""
+    if job.skip_bad:
+        lines_npy(paths.parts, paths.lines, job.texts)
+        os.replace(paths.parts / "bad.jsonl", paths.bad)
+    write_json_atomic(paths.manifest, job.manifest())
+    os.replace(paths.parts / "output.npy", paths.out)
+    fsync_dir(paths.out.parent)
+    shutil.rmtree(paths.parts)
 
 
 def _check_input_unchanged(src: Source, job: Job, paths: Paths):
