@@ -258,3 +258,14 @@ def test_memory_is_bounded_by_the_batch_not_the_corpus(tmp_path, tiny):
     measures 1,000,000 (minutes: too long for CI)."""
     base, peak = corpus_job_rss(tiny[0], 300_000, tmp_path)
     assert peak - base < 300, f"peak RSS {peak:.0f} MB, with the model loaded {base:.0f} MB"
+
+
+def test_os_error_hints_name_the_output_only_when_it_is_at_fault():
+    from pathlib import Path
+
+    from bge_ref.corpus.job import os_error_message
+    out = Path("/data/o.npy")
+    assert os_error_message(PermissionError(errno.EACCES, "Permission denied", "/models/m/model.safetensors"), out) == \
+        "/models/m/model.safetensors: Permission denied"
+    assert os_error_message(PermissionError(errno.EACCES, "Permission denied", "/data/o.npy.parts/manifest.json"), out) == \
+        "/data/o.npy.parts/manifest.json: Permission denied; the output's directory must be writable"

@@ -125,3 +125,15 @@ def test_cli_two_jobs_on_one_output(tmp_path, tiny):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_parts_directory_without_its_manifest_starts_over_and_says_so(partial_run, tiny, tiny_model):
+    src, out = partial_run
+    parts = out.parent / "o.npy.parts"
+    chunks = len(list(parts.glob("w*.npz")))
+    (parts / "manifest.json").write_text('{"format": 2, "inp')  # cut by a crash of an older writer
+    stream = io.StringIO()
+    assert embed_corpus(src, out, model=tiny[0], window=32, quiet=True, stream=stream)["status"] == "complete"
+    assert stream.getvalue() == (f"embed-corpus: {parts / 'manifest.json'} is missing or unreadable; its {chunks} "
+                                 "chunks cannot be checked against this job: starting over\n")
+    assert np.array_equal(np.load(out), np.concatenate(list(tiny_model.encode_stream(TEXTS, window=32))))

@@ -152,10 +152,12 @@ def embed_corpus(input: str | os.PathLike, output: str | os.PathLike, *, model: 
 
 
 def os_error_message(e: OSError, out: Path) -> str:
-    where = e.filename or out
-    hint = {errno.ENOSPC: "; free some space and rerun the same command: the chunks committed so far are kept",
-            errno.EROFS: "; the output's directory must be writable",
-            errno.EACCES: "; the output's directory must be writable"}.get(e.errno, "")
+    where = Path(e.filename or out)
+    hint = ""
+    if e.errno == errno.ENOSPC:
+        hint = "; free some space and rerun the same command: the chunks committed so far are kept"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and where.parent in (out.parent, Path(f"{out}.parts")):
+        hint = "; the output's directory must be writable"
     return f"{where}: {e.strerror or e}{hint}"
 
 
@@ -165,7 +167,7 @@ def _embed(src, paths, job, *, overwrite, ray, model, actors, quiet, progress_ev
         paths.remove_all()
     if paths.out.exists():
         return _already_complete(paths, job, say)
-    old = _open_parts(paths, job)
+    old = _open_parts(paths, job, Progress(quiet=quiet, stream=stream).warn)
     say(f"scanning {src.path}")
     scanned = scan(src, job.window, job.skip_bad, paths.parts)
     job = dataclasses.replace(job, texts=scanned.texts, skipped=scanned.bad)
@@ -225,7 +227,7 @@ def _already_complete(paths: Paths, job: Job, say) -> dict:
             "status": "already complete", "redone": 0}
 
 
-def _open_parts(paths: Paths, job: Job) -> dict | None:
+def _open_parts(paths: Paths, job: Job, warn) -> dict | None:
     """The manifest of this job's partial run in the parts directory, or None after making it empty."""
     old = read_manifest(paths.parts / "manifest.json") if paths.parts.exists() else None
     if old is not None:
@@ -234,6 +236,10 @@ def _open_parts(paths: Paths, job: Job) -> dict | None:
             raise CorpusError(f"{paths.parts} holds a partial run of another job: {why}; pass --overwrite "
                               "to start over (it deletes the partial run), or rerun with the same options")
         return old
+    chunks = list(paths.parts.glob("w*.npz")) if paths.parts.exists() else []
+    if chunks:  # without the manifest nothing says which job made them: they cannot be trusted
+        warn(f"{paths.parts / 'manifest.json'} is missing or unreadable; its {len(chunks)} chunks cannot be "
+             "checked against this job: starting over")
     shutil.rmtree(paths.parts, ignore_errors=True)  # nothing, or a run killed before its manifest: no chunk yet
     paths.parts.mkdir(parents=True)
     return None

@@ -225,5 +225,6 @@ def assemble(parts: Path, out_tmp: Path, n: int, dim: int, window: int) -> list[
 
 def lines_npy(parts: Path, dest: Path, n: int):
     raw = np.fromfile(parts / "lines.bin", dtype=np.int64)
-    assert len(raw) == n
+    if len(raw) != n:  # the scan wrote one per kept text
+        raise CorpusError(f"{parts / 'lines.bin'}: {len(raw)} line numbers for {n} rows; rerun with --overwrite")
     write_atomic(dest, lambda f: np.save(f, raw))
