@@ -247,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     e.add_argument("--no-normalize", action="store_true", help="return raw pooled vectors")
     e.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction (for short queries)")
-    e.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default 32)")
+    e.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
     e.add_argument("--skip-blank", action="store_true",
                    help="drop blank stdin lines (an error otherwise); the output's \"lines\" gives each row's line")
     e.set_defaults(func=_embed)
