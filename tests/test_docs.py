@@ -37,12 +37,14 @@ def test_page_examples_run_as_pasted(page, tmp_path):
     run_page(page.read_text(encoding="utf-8"), str(page.relative_to(REPO)), tmp_path)
 
 
+@pytest.mark.quick
 def test_every_page_is_in_the_nav():
     nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
     missing = [str(p.relative_to(DOCS)) for p in PAGES if f" {p.relative_to(DOCS).as_posix()}\n" not in nav]
     assert not missing, f"pages not in mkdocs.yml's nav: {missing}"
 
 
+@pytest.mark.quick
 def test_every_region_is_on_its_page_once():
     for name, page in regions().PAGES.items():
         text = (REPO / page).read_text(encoding="utf-8")
@@ -50,6 +52,7 @@ def test_every_region_is_on_its_page_once():
     assert "<!-- BEGIN" not in (REPO / "README.md").read_text(encoding="utf-8"), "README holds no generated region"
 
 
+@pytest.mark.quick
 def test_write_region_replaces_only_its_region(tmp_path, monkeypatch):
     r = regions()
     page = tmp_path / "page.md"
@@ -65,6 +68,7 @@ def test_write_region_replaces_only_its_region(tmp_path, monkeypatch):
         r.write_region("c", "x", page)
 
 
+@pytest.mark.quick
 def test_cli_reference_lists_every_subcommand_and_flag():
     from bge_ref.cli import parser
     p = parser()
@@ -107,6 +111,7 @@ SPEC = {
 }
 
 
+@pytest.mark.quick
 def test_openapi_markdown_renders_a_small_spec():
     text = hooks().openapi_markdown(SPEC)
     assert text.startswith("OpenAPI 3.1.0 document of demo 1.2.\n")
@@ -119,6 +124,7 @@ def test_openapi_markdown_renders_a_small_spec():
     assert "No key needed." in get and "No key needed." not in text.split("## `GET /health`", 1)[0]
 
 
+@pytest.mark.quick
 def test_links_between_pages_resolve():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+\.(?:md|png))(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):

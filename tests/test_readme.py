@@ -35,6 +35,7 @@ def quick_start() -> str:
     return first
 
 
+@pytest.mark.quick
 def test_readme_is_a_short_entry_page():
     lines = README.splitlines()
     assert len(lines) <= MAX_LINES, f"README.md has {len(lines)} lines; at most {MAX_LINES}"
@@ -44,11 +45,13 @@ def test_readme_is_a_short_entry_page():
     assert not re.search(r"\bissue\s*#?\d+|#\d+\b|\bgoal\b", README, re.I), "internal issue numbers or goal rows"
 
 
+@pytest.mark.quick
 def test_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
         assert (REPO / target).exists(), f"README.md links to missing {target}"
 
 
+@pytest.mark.quick
 def test_readme_test_command_is_what_ci_runs():
     """The quick start's second command is .ci/run, which runs the test command the README names."""
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
