@@ -61,6 +61,18 @@ def test_readme_test_command_is_what_ci_runs():
     assert "mkdocs build --strict" in ci and "mkdocs build --strict" in section
 
 
+@pytest.mark.parametrize("page", [REPO / "README.md", REPO / "docs" / "index.md"], ids=lambda p: p.name)
+def test_quick_start_sample_output_is_what_it_prints(page, minilm):
+    """The ```json sample after the quick start holds the first numbers of the real vector."""
+    text = page.read_text(encoding="utf-8").split("## Quick start", 1)[1]
+    sample = blocks(text, langs=("json",))[0].code
+    shown = [float(x) for x in re.findall(r"-?\d+\.\d+", sample.split('"data"', 1)[1])]
+    assert '"shape": [1, 384]' in sample and len(shown) >= 3
+    texts = shlex.split(quick_start().split(" bge-ref embed ", 1)[1])[2:]
+    assert texts == ["hello world"]
+    np.testing.assert_allclose(shown, minilm.encode(texts)[0, :len(shown)], rtol=0, atol=1e-6)
+
+
 def test_readme_examples_run_as_pasted(tmp_path):
     run_page(README, "README.md", tmp_path)
 
