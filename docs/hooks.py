@@ -50,11 +50,8 @@ def _arguments_table(p: argparse.ArgumentParser) -> list[str]:
     if not rows:
         return []
     lines = ["| argument | default | what |", "| --- | --- | --- |"]
-    for a in rows:
-        what = a.help or ""
-        if a.choices and "choose" not in what:
-            what += (" " if what else "") + "(one of " + ", ".join(f"`{c}`" for c in a.choices) + ")"
-        lines.append(f"| {_flag(a)} | {_default(a)} | {_cell(what)} |")
+    for a in rows:  # the choices show in the flag's metavar, {cls,mean}
+        lines.append(f"| {_cell(_flag(a))} | {_default(a)} | {_cell(a.help or '')} |")
     return lines
 
 
