@@ -97,13 +97,12 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def _wait_until_idle(p, timeout=60.0):
-    """Until the process stops using CPU (done importing, blocked reading stdin)."""
-    deadline, last = time.monotonic() + timeout, -1
+    """Until the process has used no CPU for a second (done importing, blocked reading stdin)."""
+    deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
-        ticks = _cpu_ticks(p.pid)
-        if ticks == last:
+        seen = (seen + [_cpu_ticks(p.pid)])[-3:]
+        if len(seen) == 3 and len(set(seen)) == 1:
             return
-        last = ticks
         time.sleep(0.5)
     raise AssertionError("bge-ref never went idle")
 
