@@ -115,10 +115,48 @@ def schema_text(spec: dict, schema: dict | None, depth: int = 0) -> str:
 
 
 def _body(spec: dict, content: dict | None) -> str:
+    """A body's type: a named schema as a link to its entry under Schemas, any other expanded."""
     if not content:
         return ""
     media, body = next(iter(content.items()))
-    return f"`{_cell(schema_text(spec, body.get('schema')))}`" + ("" if media == "application/json" else f" ({media})")
+    schema = body.get("schema") or {}
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        text = f"[`{name}`](#{name.lower()})"
+    else:
+        text = f"`{_cell(schema_text(spec, schema))}`"
+    return text + ("" if media == "application/json" else f" ({media})")
+
+
+def _properties_table(spec: dict, schema: dict) -> list[str]:
+    """An object schema's fields: name, type, required, description."""
+    schema = _resolve(spec, schema)
+    props = schema.get("properties")
+    if not props:
+        return []
+    required = set(schema.get("required", []))
+    lines = ["| field | type | required | what |", "| --- | --- | --- | --- |"]
+    for name, sub in props.items():
+        what = _resolve(spec, sub).get("description", "")
+        lines.append(f"| `{name}` | `{_cell(schema_text(spec, sub, 1))}` | {'yes' if name in required else ''} | "
+                     f"{_cell(what)} |")
+    return lines + [""]
+
+
+def _schemas_section(spec: dict) -> list[str]:
+    schemas = spec.get("components", {}).get("schemas", {})
+    if not schemas:
+        return []
+    out = ["## Schemas", ""]
+    for name, schema in schemas.items():
+        out += [f"### {name}", ""]
+        if schema.get("description"):
+            out += [schema["description"], ""]
+        out += [f"`{schema_text(spec, schema)}`", ""]
+        alternatives = schema.get("oneOf") or schema.get("anyOf") or [schema]
+        for alternative in alternatives:
+            out += _properties_table(spec, alternative)
+    return out
 
 
 def openapi_markdown(spec: dict) -> str:
@@ -158,6 +196,7 @@ def openapi_markdown(spec: dict) -> str:
                     r = _resolve(spec, r)
                     out.append(f"| {status} | {_cell(r.get('description', ''))} | {_body(spec, r.get('content'))} |")
                 out.append("")
+    out += _schemas_section(spec)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -119,9 +119,12 @@ def test_openapi_markdown_renders_a_small_spec():
     assert text.startswith("OpenAPI 3.1.0 document of demo 1.2.\n")
     assert "## `POST /run/{model}`\n\nEmbed texts.\n" in text
     assert "| `model` | path | `str` | a served name |" in text
-    assert 'Request body: `{"text": str \\| [str], "pooling"?: "mean" \\| "cls"}`' in text
+    assert "Request body: [`Run`](#run)" in text
     assert '| 200 | the vectors | `{"data"?: [[float]]}` |' in text
-    assert '| 400 | a bad field | `{"message"?: str}` |' in text
+    assert "| 400 | a bad field | [`Error`](#error) |" in text
+    schemas = text.split("## Schemas\n", 1)[1]
+    assert '### Run\n\n`{"text": str | [str], "pooling"?: "mean" | "cls"}`\n' in schemas
+    assert '| `text` | `str \\| [str]` | yes |  |' in schemas and '| `pooling` | `"mean" \\| "cls"` |  |  |' in schemas
     get = text.split("## `GET /health`", 1)[1]
     assert "No key needed." in get and "No key needed." not in text.split("## `GET /health`", 1)[0]
 
