@@ -118,7 +118,8 @@ def _add_serve(sub):
     s.add_argument("--max-body-bytes", type=int, default=D["max_body_bytes"],
                    help=f"larger bodies get 413 before parsing (default {D['max_body_bytes']})")
     s.add_argument("--body-timeout", type=float, default=D["body_timeout"], metavar="SECONDS",
-                   help=f"a body not received within this gets 408 (default {D['body_timeout']:g})")
+                   help="a body not received within this after its headers gets 408, and a connection that sends "
+                        f"no request within this is closed (default {D['body_timeout']:g})")
     s.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
                    help="let browser pages from ORIGIN (e.g. https://app.example; * for any) call the server "
                         "(repeatable; default: none, no CORS headers)")
