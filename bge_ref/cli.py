@@ -1,8 +1,10 @@
 """Command line: `bge-ref embed`, `info`, `serve`, and the checks `verify`, `reference`, `compare`.
 
 One convention for every subcommand: output on stdout; an error is one line on stderr,
-`bge-ref: error: <message naming the text, line, field or file>`, and exit status 2 (as argparse
-uses for bad arguments); exit status 1 means the command ran and its check failed (verify, compare).
+`bge-ref: error: <message naming the text, line, field, file or flag>`, and exit status 2, the same for
+bad arguments (`BgeRefParser.error`); exit status 1 means the command ran and its check failed (verify,
+compare); Ctrl-C is one line, `bge-ref: interrupted`, and exit status 130 (128 + SIGINT, as shells use).
+`parser()` returns the whole argument parser (docs/hooks.py renders the CLI reference from it).
 """
 from __future__ import annotations
 
@@ -16,22 +18,30 @@ from pathlib import Path
 from .errors import BgeRefError, InputError
 
 
+STDIN_HINT = "bge-ref embed: reading texts from the terminal, one per line; end with Ctrl-D (or pass TEXT arguments)"
+
+
 def _stdin_lines(skip_blank: bool) -> tuple[list[str], list[int]]:
     """Lines of stdin decoded as UTF-8, and their 1-based line numbers.
 
     Output rows must line up with input lines, so a blank line is an error naming it, unless
-    skip_blank drops it (the numbers then say which lines the rows belong to)."""
-    lines, numbers = [], []
+    skip_blank drops it (the numbers then say which lines the rows belong to). Blank lines at the very
+    end (an editor's or `echo`'s trailing newline) end the input: no row is lost by ignoring them."""
+    if sys.stdin.isatty():  # a person at a terminal would otherwise wait on a silent command
+        print(STDIN_HINT, file=sys.stderr, flush=True)
+    lines, numbers, blank = [], [], None  # blank: the first blank line not yet followed by a text
     for n, raw in enumerate(sys.stdin.buffer, 1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
             raise InputError(f"stdin line {n} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
         if not line.strip():
-            if skip_blank:
-                continue
-            raise InputError(f"stdin line {n} is blank; every line is one text (pass --skip-blank to drop "
+            blank = blank or n
+            continue
+        if blank and not skip_blank:
+            raise InputError(f"stdin line {blank} is blank; every line is one text (pass --skip-blank to drop "
                              "blank lines; the output's \"lines\" then lists the line of each row)")
+        blank = None
         lines.append(line)
         numbers.append(n)
     return lines, numbers
@@ -219,23 +229,49 @@ def _add_check_commands(sub):
     c.set_defaults(func=_compare)
 
 
-def main(argv=None) -> int:
+class BgeRefParser(argparse.ArgumentParser):
+    """argparse with the one-line error convention: `bge-ref: error: <what, naming the flag>`, exit 2,
+    and no usage dump (`--help` still shows it). Subparsers inherit the class."""
+
+    def error(self, message):
+        sub = self.prog.partition(" ")[2]  # "bge-ref embed" -> "embed": which --help to read
+        hint = f" (see bge-ref {sub} --help)" if sub else " (see bge-ref --help)"
+        self.exit(2, f"bge-ref: error: {message}{hint}\n")
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a positive integer, so a bad value is reported by the flag's name."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole `bge-ref` argument parser, every subcommand included."""
     from . import __version__
-    p = argparse.ArgumentParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
+    p = BgeRefParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
     p.add_argument("--version", action="version", version=f"bge-ref {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("embed", help="embed texts (arguments, or one per stdin line) and print JSON")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    e = sub.add_parser("embed", help="embed texts (arguments, or one per stdin line) and print JSON",
+                       description="Embed texts given as arguments, or one per line of stdin, and print "
+                                   "one JSON object: {\"shape\", \"data\", \"pooling\"}.")
     e.add_argument("text", nargs="*", help="texts to embed; read from stdin, one per line, when none")
     e.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     e.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     e.add_argument("--no-normalize", action="store_true", help="return raw pooled vectors")
     e.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction (for short queries)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
     e.add_argument("--skip-blank", action="store_true",
                    help="drop blank stdin lines (an error otherwise); the output's \"lines\" gives each row's line")
     e.set_defaults(func=_embed)
-    i = sub.add_parser("info", help="print the resolved config, pooling and max length")
-    i.add_argument("--model")
+    i = sub.add_parser("info", help="print the resolved config, pooling and max length",
+                       description="Print the checkpoint's resolved config, pooling, normalization, "
+                                   "max length and dtype as JSON.")
+    i.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     i.set_defaults(func=_info)
     c = sub.add_parser("embed-corpus", help="embed a .txt/.jsonl/.parquet corpus into one .npy, resumably (README)")
     c.add_argument("input", help=".txt (one text per line), .jsonl or .parquet (the --text-field)")
@@ -261,12 +297,19 @@ def main(argv=None) -> int:
     c.set_defaults(func=_embed_corpus)
     _add_serve(sub)
     _add_check_commands(sub)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
     try:
+        args = parser().parse_args(argv)
         return args.func(args)
     except BgeRefError as err:
         print(f"bge-ref: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("bge-ref: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader left early (`bge-ref embed ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
         return 1
