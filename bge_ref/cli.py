@@ -89,33 +89,50 @@ def _embed_corpus(args) -> int:
 
 def _serve(args) -> int:
     from .embedder import load
-    from .server import Settings, serve, served_names  # a BgeRefError naming the serve extra if it is missing
-    for flag in ("max_batch_tokens", "max_batch_size", "max_concurrent_requests", "max_body_bytes"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    from .server import Settings, bind, serve, served_names  # a BgeRefError naming the serve extra if missing
+    for flag in ("max_batch_tokens", "max_batch_size", "max_concurrent_requests", "max_connections",
+                 "max_body_bytes", "body_timeout"):
+        if not getattr(args, flag) > 0:
+            raise InputError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    sock = bind(args.host, args.port)  # a busy port is an error before the model loads
     model = load(args.model, dtype=args.dtype, weights_dtype=args.weights_dtype)
     settings = Settings(served=args.served_model_name or served_names(args.model, model.name),
                         api_key=args.api_key or os.environ.get("BGE_REF_API_KEY") or None,
                         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
-                        max_concurrent_requests=args.max_concurrent_requests,
-                        max_body_bytes=args.max_body_bytes, truncate=not args.no_truncate)
-    return serve(model, settings, args.host, args.port)
+                        max_concurrent_requests=args.max_concurrent_requests, max_connections=args.max_connections,
+                        max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                        truncate=not args.no_truncate, cors_allow_origins=args.cors_allow_origin or [])
+    return serve(model, settings, args.host, args.port, sock)
 
 
 def _add_serve(sub):
+    from .server.settings import DEFAULTS as D  # pure Python: no serve extra needed to build the parser
     s = sub.add_parser("serve", help="serve the hosted API's REST route and OpenAI's /v1/embeddings over HTTP")
     s.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
-                                     "(default $BGE_REF_API_KEY; none: no key)")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health and "
+                                     "/openapi.json (default $BGE_REF_API_KEY; none: no key)")
     s.add_argument("--served-model-name", action="append", metavar="NAME",
                    help="a model name clients may ask for (repeatable; replaces the default: the hub id or "
                         "directory name, plus @cf/baai/bge-large-en-v1.5 for BAAI/bge-large-en-v1.5)")
-    s.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens (batch x longest) per batch")
-    s.add_argument("--max-batch-size", type=int, default=32, help="texts per batch (encode()'s batch_size)")
-    s.add_argument("--max-concurrent-requests", type=int, default=512, help="in flight; past it, 429 at once")
-    s.add_argument("--max-body-bytes", type=int, default=2_000_000, help="larger bodies get 413 before parsing")
+    s.add_argument("--max-batch-tokens", type=int, default=D["max_batch_tokens"],
+                   help="real tokens per batch: the sum of its texts' token counts, [CLS]/[SEP] included "
+                        f"(default {D['max_batch_tokens']})")
+    s.add_argument("--max-batch-size", type=int, default=D["max_batch_size"],
+                   help=f"texts per batch (encode()'s batch_size; default {D['max_batch_size']})")
+    s.add_argument("--max-concurrent-requests", type=int, default=D["max_concurrent_requests"],
+                   help=f"embedding requests in flight; past it, 429 at once (default {D['max_concurrent_requests']})")
+    s.add_argument("--max-connections", type=int, default=D["max_connections"],
+                   help=f"open connections; past it, 503 at once (default {D['max_connections']})")
+    s.add_argument("--max-body-bytes", type=int, default=D["max_body_bytes"],
+                   help=f"larger bodies get 413 before parsing (default {D['max_body_bytes']})")
+    s.add_argument("--body-timeout", type=float, default=D["body_timeout"], metavar="SECONDS",
+                   help="a body not received within this after its headers gets 408, and a connection that sends "
+                        f"no request within this is closed (default {D['body_timeout']:g})")
+    s.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
+                   help="let browser pages from ORIGIN (e.g. https://app.example; * for any) call the server "
+                        "(repeatable; default: none, no CORS headers)")
     s.add_argument("--no-truncate", action="store_true", help="a text over the max length is a 400, not truncated")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype, as load()")
     s.add_argument("--weights-dtype", choices=["float16", "float32", "float64"], help="weight storage, as load()")
