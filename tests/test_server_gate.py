@@ -114,11 +114,14 @@ def test_a_stalled_body_is_cut_at_the_deadline(guarded, path, errors):
 
 
 def test_connections_are_capped(guarded):
-    """16 connections open (--max-connections 16): the 17th gets a 503 at once, in the route's format
-    and with Retry-After; once they close, requests are served again."""
+    """16 connections open (--max-connections 16), idle in keep-alive after a request each: the 17th
+    gets a 503 at once, in the route's format and with Retry-After; once they close, requests are
+    served again."""
     idle = [socket.create_connection(("127.0.0.1", guarded.port), timeout=10) for _ in range(16)]
     try:
-        time.sleep(0.5)  # accepted by the server
+        for s in idle:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s, 10)[0] == 200
         r = requests.post(guarded.base + "/v1/embeddings", json={"input": "x"},
                           headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
         err = openai_error(r, 503)
@@ -137,6 +140,22 @@ def test_connections_are_capped(guarded):
             break
         time.sleep(0.2)
     assert r.status_code == 200
+
+
+def test_a_silent_connection_is_closed(guarded):
+    """A connection that sends no request (or half a request head) is closed after --body-timeout
+    (1 s here), so silent sockets cannot hold the --max-connections slots."""
+    silent = socket.create_connection(("127.0.0.1", guarded.port), timeout=10)
+    half = socket.create_connection(("127.0.0.1", guarded.port), timeout=10)
+    half.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthor")
+    try:
+        t0 = time.monotonic()
+        for s in (silent, half):
+            assert s.recv(1) == b""  # closed by the server (a timeout here raises)
+        assert time.monotonic() - t0 < 5
+    finally:
+        silent.close()
+        half.close()
 
 
 NESTED = "[" * 100_000 + "]" * 100_000

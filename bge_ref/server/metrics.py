@@ -17,7 +17,7 @@ class Metrics:
         "bge_ref_requests_total": ("counter", "HTTP requests answered, by route and status (499: the client left)"),
         "bge_ref_texts_embedded_total": ("counter", "texts (or token-id inputs) computed"),
         "bge_ref_tokens_embedded_total": ("counter", "tokens computed, [CLS] and [SEP] included, after truncation"),
-        "bge_ref_texts_dropped_total": ("counter", "texts of requests whose client left, dropped before computing"),
+        "bge_ref_texts_dropped_total": ("counter", "texts dropped before computing: their client left, or their request had already failed"),
         "bge_ref_compute_seconds_total": ("counter", "time the worker spent computing batches (its busy time)"),
         "bge_ref_requests_in_flight": ("gauge", "requests admitted and not yet answered"),
         "bge_ref_batch_size": ("histogram", "texts per computed batch"),

@@ -4,14 +4,17 @@ The socket is bound here, before uvicorn starts, so a busy port is one BgeRefErr
 runs in a thread of its own, where it leaves the signals alone (it only installs handlers in the main
 thread); the main thread's handlers turn /health to 503 and ask uvicorn to stop through its public
 `should_exit`: no new connection is accepted, the requests in flight are answered, and serve()
-returns 0 (uvicorn's own handlers would re-raise the signal after the drain, ending with -15)."""
+returns 0 (uvicorn's own handlers would re-raise the signal after the drain, ending with -15).
+A connection that sends no request within --body-timeout seconds is closed (reap_silent)."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import signal
 import socket
 import sys
 import threading
+import time
 
 import uvicorn
 
@@ -38,6 +41,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def reap_silent(server: uvicorn.Server, deadline: float):
+    """Close connections that have sent no request head within `deadline` seconds of opening: uvicorn
+    has no such deadline, so a silent socket would hold one of --max-connections for ever. (Between
+    requests, uvicorn's keep-alive timeout closes idle connections itself.)"""
+    opened: dict = {}
+    while not server.should_exit:
+        now = time.monotonic()
+        opened = {c: opened.get(c, now) for c in list(server.server_state.connections)}
+        for connection, since in opened.items():
+            if getattr(connection, "cycle", True) is None and now - since > deadline:  # no request yet
+                connection.transport.close()
+        await asyncio.sleep(min(0.5, deadline / 4))
+
+
+async def _serve_and_reap(server: uvicorn.Server, sock: socket.socket, deadline: float):
+    reaper = asyncio.ensure_future(reap_silent(server, deadline))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        reaper.cancel()
+
+
 def serve(model, settings: Settings, host="127.0.0.1", port=8080, sock: socket.socket | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns 0 after the requests in flight are answered. `sock`:
     bind(host, port) done beforehand (the CLI binds before loading the model, so a busy port is
@@ -51,7 +76,8 @@ def serve(model, settings: Settings, host="127.0.0.1", port=8080, sock: socket.s
                             timeout_graceful_shutdown=None, backlog=min(2048, settings.max_connections))
     server = uvicorn.Server(config)
     state.connections = lambda: len(server.server_state.connections)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="bge-ref-http")
+    thread = threading.Thread(target=asyncio.run, args=(_serve_and_reap(server, sock, settings.body_timeout),),
+                              name="bge-ref-http")
 
     def on_signal(sig, frame):
         state.draining = True

@@ -20,7 +20,7 @@ class Settings:
     max_concurrent_requests: int = 512  # embedding requests in flight; past it, 429
     max_connections: int = 1024  # open connections; past it, 503 (each costs a file descriptor)
     max_body_bytes: int = 2_000_000
-    body_timeout: float = 10.0  # seconds to send a whole body; past it, 408
+    body_timeout: float = 10.0  # seconds to send a whole body (past it, 408) or a first request (else closed)
     truncate: bool = True
     cors_allow_origins: list[str] = field(default_factory=list)
 
