@@ -160,3 +160,12 @@ def test_serve_guide_states_the_parser_defaults():
             assert float(stated.replace(",", "")) == default, (flag, stated, default)
         else:
             assert not default and stated.startswith("none"), (flag, stated, default)
+
+
+@pytest.mark.quick
+def test_corpus_guide_states_the_defaults():
+    from bge_ref.corpus import constants as c
+    text = " ".join((DOCS / "guide" / "corpus.md").read_text(encoding="utf-8").split())
+    for stated in (f"`--chunk-tokens` tokens, default {c.CHUNK_TOKENS}, and {c.CHUNK_TEXTS} texts",
+                   f"`--progress-every` seconds (default {c.PROGRESS_EVERY:g})"):
+        assert stated in text, f"docs/guide/corpus.md should say: {stated}"
