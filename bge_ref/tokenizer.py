@@ -42,7 +42,7 @@ class Tokenizer:
             raise InputError(f"tokenizer must be None, 'python' or 'tokenizers', got {backend!r}")
         self.backend, self.max_length, self.pad_id = backend, max_length, pad_id
         data = _read(path)
-        spec = jsonfile.parse(data, path)
+        spec = jsonfile.parse(data, path, "cannot load tokenizer")
         if not isinstance(spec, dict):
             raise CheckpointError(f"{path}: tokenizer.json must hold a JSON object")
         check_token_ids(spec, path)  # whichever backend: tokenizers takes an id of 4e9, or one id twice

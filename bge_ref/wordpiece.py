@@ -279,7 +279,11 @@ class WordPieceTokenizer:
     @classmethod
     def from_file(cls, path) -> "WordPieceTokenizer":
         path = Path(path)
-        return cls.from_spec(jsonfile.read(path), path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot load tokenizer ({e.strerror or e})") from None
+        return cls.from_spec(jsonfile.parse(data, path, "cannot load tokenizer"), path)
 
     @classmethod
     def from_spec(cls, spec, path) -> "WordPieceTokenizer":

@@ -201,7 +201,7 @@ def test_unsupported_tokenizer_json_is_a_checkpoint_error(tmp_path, what):
 def test_unreadable_tokenizer_json(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json: not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer: not valid JSON"):
         Tokenizer(path, 128, 0, backend="python")
     path.write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: tokenizer\.json must hold a JSON object"):
@@ -210,7 +210,7 @@ def test_unreadable_tokenizer_json(tmp_path):
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer \(malformed: KeyError 'id'\)"):
         Tokenizer(path, 128, 0, backend="python")
     path.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json: JSON nested too deeply"):
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: cannot load tokenizer: JSON nested too deeply"):
         Tokenizer(path, 128, 0, backend="python")
     path.write_text(json.dumps(variant(lambda s: s["model"].update(unk_token="<unk>"))))
     with pytest.raises(CheckpointError, match="model.unk_token '<unk>' is not in model.vocab"):
