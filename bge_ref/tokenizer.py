@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BgeRefError, CheckpointError, InputError
-from .wordpiece import WordPieceTokenizer
+from .wordpiece import WordPieceTokenizer, read_template
 
 BACKENDS = ("python", "tokenizers")
 
@@ -38,14 +38,18 @@ class Tokenizer:
             self._python = WordPieceTokenizer.from_file(path)
             self.vocab_size = self._python.vocab_size
             spec_pre = "BertPreTokenizer"  # the only pre-tokenizer it reads
+            template = self._python.template
         else:
-            spec_pre = self._load_tokenizers(path)
+            spec_pre, template = self._load_tokenizers(path)
+        # The ids added before and after every text's pieces ([CLS] and [SEP] for BERT), for token-id
+        # input; None when the post_processor is not one wordpiece.py reads.
+        self.special_ids = None if template is None else (list(template.before), list(template.after))
         # BERT's pre-tokenizer splits words at whitespace and its normalizer works character by
         # character, so the tokens before a space do not depend on what follows it. That lets a long
         # text be cut to a prefix before tokenizing (see _prefix). Other tokenizers get the whole text.
         self._splits_at_spaces = spec_pre == "BertPreTokenizer"
 
-    def _load_tokenizers(self, path: Path) -> str | None:
+    def _load_tokenizers(self, path: Path):
         if importlib.util.find_spec("tokenizers") is None:
             raise BgeRefError("tokenizer='tokenizers' needs the tokenizers package: pip install tokenizers "
                               "(or pass tokenizer='python' for bge_ref's own)")
@@ -61,7 +65,12 @@ class Tokenizer:
         cut.enable_truncation(self.max_length)
         self._full, self._cut = full, cut
         self.vocab_size = full.get_vocab_size(with_added_tokens=True)
-        return (json.loads(spec).get("pre_tokenizer") or {}).get("type")
+        spec = json.loads(spec)
+        try:
+            template = read_template(spec.get("post_processor"), path)
+        except (CheckpointError, KeyError, TypeError):
+            template = None
+        return (spec.get("pre_tokenizer") or {}).get("type"), template
 
     def encode(self, texts: list[str], truncate: bool = True):
         """Encodings (ids, attention_mask, type_ids, tokens) for each text."""

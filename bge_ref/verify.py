@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedder import POOLINGS
-from .embedder import l2_normalize as unit  # rows to unit L2 norm, as encode() does
+from .pooling import POOLINGS
+from .pooling import l2_normalize as unit  # rows to unit L2 norm, as encode() does
 from .errors import BgeRefError, InputError
 
 # Max abs diff allowed per stage for bge_ref against transformers at the same dtype (`bge-ref verify`).

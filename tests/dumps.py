@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_ref.embedder import l2_normalize
+from bge_ref.pooling import l2_normalize
 from bge_ref.verify import IDS, load_transformers, run_transformers
 
 
