@@ -174,14 +174,14 @@ def _compare(args) -> int:
 
 
 def _add_check_commands(sub):
-    from .verify import PRESETS, TOLERANCES
+    from .verify import DTYPES, TOLERANCES
     model_help = "checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)"
     v = sub.add_parser("verify", help="compare every layer with transformers' BertModel (needs torch)")
     v.add_argument("--model", help=model_help)
     texts = v.add_mutually_exclusive_group()
     texts.add_argument("--texts", nargs="+", metavar="TEXT", help="texts (default: a built-in mixed batch)")
     texts.add_argument("--texts-file", metavar="FILE", help="a UTF-8 file, one text per line")
-    v.add_argument("--dtype", choices=sorted(TOLERANCES), default="float32")
+    v.add_argument("--dtype", choices=DTYPES, default="float32")
     v.add_argument("--forward", choices=["fast", "reference"], help="bge_ref's forward (default: load()'s)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=_verify)
@@ -196,7 +196,7 @@ def _add_check_commands(sub):
     c = sub.add_parser("compare", help="compare a dump (.safetensors or .npz) with a reference, stage by stage")
     c.add_argument("reference", help="the reference .safetensors (bge-ref reference)")
     c.add_argument("theirs", help="the dump to check, .safetensors or .npz, any subset of the documented names")
-    c.add_argument("--tolerance", default="float32", metavar="|".join(PRESETS) + "|ABS",
+    c.add_argument("--tolerance", default="float32", metavar="|".join(TOLERANCES) + "|ABS",
                    help="a preset (default float32) or one max abs diff for every stage")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_compare)

@@ -19,14 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))      # this checkout's bge_ref
-sys.path.insert(0, str(ROOT / "scripts"))
+import bge_ref
+from bge_ref.testing.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir
+from bge_ref.testing.oracle import four_runs, oracle_study
+from bge_ref.testing.readme import cpu, numpy_blas_info, write_region
+from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, format_table
 
-import bge_ref  # noqa: E402
-from tests.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir  # noqa: E402
-from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, format_table, four_runs, oracle_study  # noqa: E402
-from readme_regions import cpu, numpy_blas_info, write_region  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/verification_report.py"
 
