@@ -204,6 +204,8 @@ def _add_check_commands(sub):
 
 def main(argv=None) -> int:
     from . import __version__
+    from .corpus import CHUNK_TOKENS
+    from .embedder import BATCH_SIZE, TOKENIZE_CHUNK  # the library's defaults are the flags' defaults
     p = argparse.ArgumentParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
     p.add_argument("--version", action="version", version=f"bge-ref {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
     e.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     e.add_argument("--no-normalize", action="store_true", help="return raw pooled vectors")
     e.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction (for short queries)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"texts per forward (default {BATCH_SIZE})")
     e.add_argument("--skip-blank", action="store_true",
                    help="drop blank stdin lines (an error otherwise); the output's \"lines\" gives each row's line")
     e.set_defaults(func=_embed)
@@ -227,7 +229,7 @@ def main(argv=None) -> int:
     c.add_argument("--text-field", default="text", help="the .jsonl field or .parquet column (default: text)")
     c.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     c.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"texts per forward (default {BATCH_SIZE})")
     c.add_argument("--skip-bad", action="store_true",
                    help="record bad lines in OUTPUT.bad.jsonl instead of stopping (rows' lines: OUTPUT.lines.npy)")
     c.add_argument("--overwrite", action="store_true", help="delete any earlier run's output and start over")
@@ -235,9 +237,10 @@ def main(argv=None) -> int:
                    help="run on a Ray cluster: ADDRESS, else a running one, else a local one (bge-ref[ray]); "
                    "put it after INPUT, or write --ray=ADDRESS")
     c.add_argument("--actors", type=int, help="with --ray: embedding actors (default: the cluster's CPUs - 1)")
-    c.add_argument("--window", type=int, default=2048, help="texts sorted by length together (default 2048, as encode)")
-    c.add_argument("--chunk-tokens", type=int, default=8192,
-                   help="padded tokens per committed chunk: the most work a kill can lose (default 8192)")
+    c.add_argument("--window", type=int, default=TOKENIZE_CHUNK,
+                   help=f"texts sorted by length together (default {TOKENIZE_CHUNK}, as encode)")
+    c.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS,
+                   help=f"padded tokens per committed chunk: the most work a kill can lose (default {CHUNK_TOKENS})")
     c.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                    help="when stderr is not a terminal, a progress line this often (default 10)")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -207,13 +207,41 @@ def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, bloc
     assert len(calls) == (blocks > 1)                    # one block: no pool
 
 
-def test_no_split_while_the_blas_thread_count_is_held(path, monkeypatch):
-    """A caller already holding threads.blas_limit_lock (a single-threaded block) gets one block, not a deadlock."""
+def test_split_only_when_the_blas_thread_count_is_free(path, monkeypatch):
+    """threads.blas_limit_lock held by another thread (its single-threaded block sets the BLAS thread
+    count): one block, in this thread. Held by this thread itself: the lock is reentrant, so the rows
+    still split, under a nested limit of this thread's own, and nothing deadlocks."""
     monkeypatch.setattr(threads, "THREADS", 2)
     x, w = projection_inputs(600, 300, 50, "ln")
-    with threads.blas_limit_lock:
-        y = gemm.matmul(x, w)
-    close_to_matmul(y, x, w)
+    calls = []
+    run = threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with threads.blas_limit_lock:
+            held.set()
+            done.wait(60)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(60)
+        close_to_matmul(gemm.matmul(x, w), x, w)
+    finally:
+        done.set()
+        holder.join(60)
+    assert calls == []                                   # another thread holds it: no split
+    results = []
+
+    def nested():
+        with threads.blas_limit_lock:
+            results.append(gemm.matmul(x, w))
+    worker = threading.Thread(target=nested)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "deadlock"
+    close_to_matmul(results[0], x, w)
+    assert calls == [2]                                  # this thread holds it: split all the same
 
 
 def test_without_threadpoolctl_one_block(path, monkeypatch):

@@ -122,3 +122,20 @@ def test_cli_forward_option_reaches_load(minilm_path, monkeypatch, capsys):
     assert seen == ["reference", "absent"]
     with pytest.raises(SystemExit):
         main(["verify", "--forward", "slow"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_verify_and_compare_check_against_one_table(minilm_path, tmp_path, capsys, dtype):
+    """`verify --dtype X` and `compare --tolerance X` report the same tolerances: one TOLERANCES table."""
+    def tolerances(out):
+        return {r["stage"] == "embedding": r["tol"] for r in json.loads(out)["rows"]}
+
+    assert main(["verify", "--model", str(minilm_path), "--texts", "hello world", "--dtype", dtype, "--json"]) == 0
+    verified = tolerances(capsys.readouterr().out)
+    ref, mine = tmp_path / "ref.safetensors", tmp_path / "mine.safetensors"
+    for path, d in ((ref, "float64"), (mine, dtype)):
+        assert main(["reference", "--model", str(minilm_path), "--texts", "hello world", "--dtype", d, "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(ref), str(mine), "--tolerance", dtype, "--json"]) == 0
+    compared = tolerances(capsys.readouterr().out)
+    assert verified == compared == {False: TOLERANCES[dtype]["hidden"], True: TOLERANCES[dtype]["embedding"]}

@@ -1,5 +1,6 @@
-"""The package's import graph has no cycle: no two modules of bge_ref import each other, directly or
-in a loop, at module level or inside a function (read from the source with ast, nothing imported)."""
+"""The package as a whole. Its import graph has no cycle: no two modules of bge_ref import each other,
+directly or in a loop, at module level or inside a function (read from the source with ast, nothing
+imported). Its version comes from one place, pyproject.toml, through the installed metadata."""
 import ast
 from pathlib import Path
 
@@ -84,3 +85,17 @@ def test_a_cycle_is_found(tmp_path):
     assert cycle(graph(pkg)) == ["bge_ref.a", "bge_ref.b", "bge_ref.a"]
     (pkg / "b.py").write_text("def g():\n    return 1\n")
     assert cycle(graph(pkg)) is None
+
+
+def test_version_is_the_distribution_s_with_a_checkout_fallback(monkeypatch):
+    import re
+    from importlib import metadata
+
+    import bge_ref
+    pyproject = re.search(r'^version = "(.+)"', (PACKAGE.parent / "pyproject.toml").read_text(), re.M).group(1)
+    assert bge_ref.__version__ == metadata.version("bge-ref")
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", missing)  # a source checkout that is not installed
+    assert bge_ref._version() == pyproject
