@@ -226,10 +226,14 @@ def as_texts(texts, what="texts") -> list[str]:
 def tokenize(model, group: Group, truncate=True) -> list[Tokens]:
     """A group's rows with [CLS] and [SEP], cut to the model's max length (or an InputError naming the
     input with truncate=False). Token-id inputs get [CLS]/[SEP] added as the tokenizer adds them."""
-    if isinstance(group.items[0], str):
-        rows = model.token_ids(group.items, truncate=truncate, where=group.where)
-    else:
-        rows = model.with_special_tokens(group.items, truncate=truncate, where=group.where)
+    try:
+        if isinstance(group.items[0], str):
+            rows = model.token_ids(group.items, truncate=truncate, where=group.where)
+        else:
+            rows = model.with_special_tokens(group.items, truncate=truncate, where=group.where)
+    except InputError as e:
+        e.param = group.where  # OpenAI's error names the field
+        raise
     return [Tokens(r) for r in rows]
 
 

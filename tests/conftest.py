@@ -1,6 +1,8 @@
 """Fixtures and helpers shared by the tests. Nothing here imports torch at module level: the quick tier
 (`pytest -m quick`) runs without it, and only the fixtures that need torch or transformers import them."""
+import ast
 import gc
+import importlib.util
 import json
 import shutil
 import sys
@@ -15,6 +17,43 @@ from bge_ref.testing.checkpoints import BGE_LARGE_TEXTS, TINY_CONFIG, make_rando
 from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, compare_stages, run_ours
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+REFERENCE_FRAMEWORKS = {"torch", "transformers", "sentence_transformers", "onnx", "onnxruntime", "ray", "nbclient"}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The top-level packages a test module imports at module level."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`-m quick` without torch: a module importing a reference framework at module level holds no quick
+    test (checked here), so it is not imported at all, rather than failing to import."""
+    if config.getoption("markexpr") != "quick" or collection_path.suffix != ".py" or importlib.util.find_spec("torch"):
+        return None
+    heavy = module_level_imports(collection_path) & REFERENCE_FRAMEWORKS
+    if not heavy:
+        return None
+    if "mark.quick" in collection_path.read_text(encoding="utf-8"):
+        raise pytest.UsageError(f"{collection_path.name} marks quick tests but imports {sorted(heavy)} at module level")
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    """`-m quick` leaves out the tests also marked slow: the quick tier is the one to run often."""
+    if config.getoption("markexpr") != "quick":
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,8 @@ import bge_ref
 from bge_ref import CheckpointError
 from bge_ref.checkpoint import read_safetensors
 
+pytestmark = pytest.mark.quick  # needs no torch
+
 
 @pytest.fixture
 def ckpt(tiny, tmp_path):

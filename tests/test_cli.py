@@ -4,8 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.quick  # needs no torch
 
 
 def _cli(*args, stdin=None):

@@ -146,6 +146,7 @@ def test_any_subset_any_float_dtype_and_problems_per_stage(ref, hf_minilm, tmp_p
     assert status == 1 and out[-1].startswith("FAIL: hidden_states.2 exceeds the tolerance: max abs diff")
 
 
+@pytest.mark.quick  # needs no torch
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"),
     ("garbage", "not a readable .safetensors or .npz dump"),
@@ -173,6 +174,7 @@ def test_unusable_input_is_one_line_and_status_2(ref, tmp_path, capsys, case, me
     assert err.startswith("bge-ref: error: ") and message in err
 
 
+@pytest.mark.quick  # needs no torch
 def test_cli_in_a_fresh_process(ref, tmp_path):
     # The installed command's path: `python -m bge_ref`, status and streams as a shell sees them.
     np.savez(tmp_path / "ids.npz", **{k: ref[1][k] for k in ("input_ids", "attention_mask")})
@@ -184,6 +186,7 @@ def test_cli_in_a_fresh_process(ref, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such file" in r.stderr
 
 
+@pytest.mark.quick  # needs no torch
 def test_reference_cli_errors(minilm_path, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("one\n\nthree\n", encoding="utf-8")

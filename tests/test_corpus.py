@@ -18,6 +18,8 @@ from bge_ref.testing.checkpoints import TINY_CONFIG, make_random_checkpoint
 from bge_ref.testing.memory import WORDS, corpus_job_rss
 from tests.conftest import subprocess_env
 
+pytestmark = pytest.mark.quick  # needs no torch
+
 
 def corpus_texts(n, seed=0, max_words=40):
     rng = np.random.default_rng(seed)

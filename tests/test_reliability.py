@@ -12,6 +12,8 @@ import bge_ref
 from bge_ref import BgeRefError, CheckpointError, InputError
 from tests.conftest import subprocess_env
 
+pytestmark = pytest.mark.quick
+
 ADVERSARIAL = ["", " ", "\t\n\r ", "\x00", "a\x00b\x01c\x7f", "\u200b\ufeff\u2028", "🦙" * 300, "\U0010ffff",
                "[CLS] [SEP] [PAD] [MASK] [UNK]", "a" * 5000, "x " * 3000, "\u0301\u0301", "ﷺ" * 50]
 

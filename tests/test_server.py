@@ -22,6 +22,8 @@ from bge_ref import server as server_module
 from .conftest import subprocess_env
 from .test_embedder import MORE
 
+pytestmark = pytest.mark.quick  # needs no torch
+
 KEY, ENV_KEY = "test-key-1", "env-key-2"
 HOSTED = "@cf/baai/bge-large-en-v1.5"
 NAMES = ["all-MiniLM-L6-v2", HOSTED]

@@ -34,6 +34,7 @@ def test_compare_minilm(minilm_path, hf_minilm, dtype):
         assert max(r.max_abs for r in report.rows) <= 1e-10
 
 
+@pytest.mark.quick  # needs no torch
 def test_diff_stage_locates_the_worst_real_element():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 5, 8))
@@ -76,6 +77,7 @@ def test_cli_table_json_and_texts_file(minilm_path, tmp_path, capsys):
     assert [row["stage"] for row in out["rows"]] == STAGES
 
 
+@pytest.mark.quick  # needs no torch
 def test_cli_texts_file_errors_name_the_line(minilm_path, tmp_path, capsys):
     bad = tmp_path / "texts.txt"
     bad.write_bytes(b"hello\n\nworld\n")
@@ -94,6 +96,7 @@ def test_cli_exit_status_when_a_stage_exceeds_tolerance(minilm_path, monkeypatch
     assert "FAIL" in out[3] and out[-1].startswith("FAIL: hidden_states.0 exceeds the tolerance")
 
 
+@pytest.mark.quick  # needs no torch
 def test_without_torch_is_a_typed_error(minilm_path):
     # A fresh interpreter where torch and transformers cannot be imported (None in sys.modules).
     code = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None\n"
