@@ -124,7 +124,7 @@ def random_weights(config: dict, seed: int = 0, weight_scale: float = 1.0) -> di
     return t
 
 
-def make_random_checkpoint(directory, config: dict = None, seed: int = 0, weight_scale: float = 1.0,
+def make_random_checkpoint(directory, config: dict | None = None, seed: int = 0, weight_scale: float = 1.0,
                            edit=None) -> Path:
     """Write a seeded random BERT checkpoint (config.json, model.safetensors, the bge tokenizer files)
     with NumPy alone: no torch. transformers loads it as it loads a saved BertModel.
