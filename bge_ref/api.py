@@ -258,5 +258,6 @@ def embed_group(model, group: Group, rows: list[Tokens]) -> np.ndarray:
 
 def embed_batch(model, rows, poolings) -> np.ndarray:
     """One batch already cut by the caller (the server's worker): (B, D) L2-normalized vectors, each row
-    pooled its own way."""
-    return embed_rows(model, rows, poolings, max_batch_size=len(rows))
+    pooled its own way. Rows are not checked for NaN here: the worker fails only the requests whose
+    rows are non-finite, not every request sharing the batch."""
+    return embed_rows(model, rows, poolings, max_batch_size=len(rows), check_finite=False)

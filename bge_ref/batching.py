@@ -53,7 +53,7 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:
 
 def embed_rows(model, rows: Sequence, pooling: str | Sequence[str], *, normalize: bool = True,
                max_batch_size: int = 32, max_batch_tokens: int | None = None,
-               name: Callable[[int], str] | None = None) -> np.ndarray:
+               name: Callable[[int], str] | None = None, check_finite: bool = True) -> np.ndarray:
     """Embed token-id rows: an (n, D) array, row i the vector of rows[i].
 
     model: an Embedder (its forward, config and dtype). rows: each a text's token ids with [CLS] and
@@ -63,7 +63,9 @@ def embed_rows(model, rows: Sequence, pooling: str | Sequence[str], *, normalize
     the batches, and so the vectors, are the same bit for bit. name(i) names row i in errors
     (default "rows[i]").
 
-    Raises NumericalError, naming the rows, if any vector holds NaN or infinity.
+    Raises NumericalError, naming the rows, if any vector holds NaN or infinity. check_finite=False
+    leaves that check to a caller that fails only the rows concerned: the server's worker, whose
+    batches mix requests (one request's NaN must not fail the others).
     """
     ids = [row_ids(r) for r in rows]
     poolings = [pooling] * len(ids) if isinstance(pooling, str) else list(pooling)
@@ -73,7 +75,8 @@ def embed_rows(model, rows: Sequence, pooling: str | Sequence[str], *, normalize
         hidden = model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (b, S, D)
         vectors = _pool_rows(hidden, batch["attention_mask"], [poolings[i] for i in idx])         # (b, D)
         vectors = l2_normalize(vectors) if normalize else vectors
-        _check_finite(vectors, idx, name or (lambda i: f"rows[{i}]"))
+        if check_finite:
+            _check_finite(vectors, idx, name or (lambda i: f"rows[{i}]"))
         out[idx] = vectors
     return out
 

@@ -80,7 +80,7 @@ def test_cli_reference_lists_every_subcommand_and_flag():
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}`" in section, f"bge-ref {name} {flag} missing from the CLI reference"
     assert "| `--batch-size` `BATCH_SIZE` | `32` |" in text
-    assert "| `--tolerance` `float32\\|float16\\|int8\\|ABS` | `float32` |" in text  # a | escaped in a table cell
+    assert "| `--tolerance` `float64\\|float32\\|float16\\|int8\\|ABS` | `float32` |" in text  # a | escaped in a table cell
     assert "| `--pooling` `{cls,mean}` |  | default: the checkpoint's own |" in text
 
 
