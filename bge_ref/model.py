@@ -76,16 +76,26 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, S, H * Dh)      # (B, S, D)
 
 
+def attention_probs(q, k, mask_bias):
+    """softmax(q k^T / sqrt(Dh) + mask): row i is how much token i takes from each token (keys)."""
+    scores = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1]) + mask_bias  # (B, H, S, S) padded keys -> -inf-ish
+    return softmax(scores)                                    # (B, H, S, S) each row sums to 1
+
+
 def attention(q, k, v, mask_bias):
     """Scaled dot-product attention, softmax(q k^T / sqrt(Dh) + mask) v, every head at once."""
-    scores = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1]) + mask_bias  # (B, H, S, S) padded keys -> -inf-ish
-    return softmax(scores) @ v                                # (B, H, S, Dh)
+    return attention_probs(q, k, mask_bias) @ v               # (B, H, S, Dh)
+
+
+def heads_qkv(x, qkv, n_head):
+    """Q, K and V from one fused projection, each split into n_head heads."""
+    q, k, v = np.split(linear(x, **qkv), 3, axis=-1)          # 3 x (B, S, D)
+    return split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head)  # 3 x (B, H, S, Dh)
 
 
 def self_attention(x, mask_bias, qkv, n_head):
     """BertSelfAttention: every token attends over the real tokens of its text, in n_head heads."""
-    q, k, v = np.split(linear(x, **qkv), 3, axis=-1)          # 3 x (B, S, D) from one fused projection
-    ctx = attention(split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head), mask_bias)  # (B, H, S, Dh)
+    ctx = attention(*heads_qkv(x, qkv, n_head), mask_bias)    # (B, H, S, Dh)
     return merge_heads(ctx)                                   # (B, S, D)
 
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "notebooks" / "figures"
-log = logging.getLogger("mkdocs.hooks.bge_ref")
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -202,14 +200,7 @@ def openapi_markdown(spec: dict) -> str:
 
 def http_markdown() -> str:
     """The HTTP reference of the server, from its own OpenAPI document."""
-    # LEAD: bge_ref.server.openapi comes with the server helper's work. Once it is on main, delete this
-    # fallback so that a missing or broken spec fails the strict build.
-    try:
-        from bge_ref.server.openapi import spec
-    except ImportError as e:
-        log.info("HTTP reference not generated: %s", e)
-        return ("!!! note \"Not generated in this build\"\n    This build has no `bge_ref.server.openapi`; "
-                "the routes are described in the [serve guide](../guide/serve.md).\n")
+    from bge_ref.server.openapi import spec  # on failure the strict build fails: no reference without a spec
     return openapi_markdown(spec())
 
 

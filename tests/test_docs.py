@@ -134,3 +134,36 @@ def test_links_between_pages_resolve():
             path = (page.parent / target).resolve()
             figure = path.parent == (DOCS / "figures").resolve() and (REPO / "notebooks" / "figures" / path.name).is_file()
             assert path.is_file() or figure, f"{page.relative_to(REPO)}: broken link {target}"
+
+
+@pytest.mark.quick
+def test_http_reference_fails_without_the_spec(monkeypatch):
+    """No fallback page: a missing OpenAPI document fails the strict build rather than hide the routes."""
+    monkeypatch.setitem(__import__("sys").modules, "bge_ref.server.openapi", None)
+    with pytest.raises(ImportError):
+        hooks().http_markdown()
+
+
+@pytest.mark.quick
+def test_serve_guide_states_the_parser_defaults():
+    from bge_ref.cli import parser
+    serve = hooks()._subcommands(parser())["serve"]
+    defaults = {flag: a.default for a in serve._actions for flag in a.option_strings}
+    text = (DOCS / "guide" / "serve.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(--[\w-]+)[^`]*` \| ([^|]+) \|", text, re.M)
+    assert len(rows) >= 7, rows
+    for flag, stated in rows:
+        default = defaults[flag]
+        if isinstance(default, (int, float)):
+            assert float(stated.replace(",", "")) == default, (flag, stated, default)
+        else:
+            assert not default and stated.startswith("none"), (flag, stated, default)
+
+
+@pytest.mark.quick
+def test_corpus_guide_states_the_defaults():
+    from bge_ref.corpus import constants as c
+    text = " ".join((DOCS / "guide" / "corpus.md").read_text(encoding="utf-8").split())
+    for stated in (f"`--chunk-tokens` tokens, default {c.CHUNK_TOKENS}, and {c.CHUNK_TEXTS} texts",
+                   f"`--progress-every` seconds (default {c.PROGRESS_EVERY:g})"):
+        assert stated in text, f"docs/guide/corpus.md should say: {stated}"

@@ -46,6 +46,18 @@ def test_readme_is_a_short_entry_page():
 
 
 @pytest.mark.quick
+def test_readme_serve_limits_are_the_defaults():
+    from bge_ref import api
+    from bge_ref.server.settings import Settings
+    d = Settings(served=[])
+    tour = " ".join(README.split("### Serve", 1)[1].split("\n### ", 1)[0].split())  # reflowing is fine
+    stated = (f"{d.max_body_bytes:,}-byte bodies (413) sent within {d.body_timeout:g} s (408), "
+              f"{d.max_concurrent_requests} requests in flight (429), {d.max_connections} connections (503), "
+              f"{api.API_MAX_TEXTS} texts per hosted-API request (400)")
+    assert stated in tour, "the Serve tour's limits differ from bge_ref/server/settings.py"
+
+
+@pytest.mark.quick
 def test_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
         assert (REPO / target).exists(), f"README.md links to missing {target}"

@@ -3,7 +3,7 @@
     POST /client/v4/accounts/{account_id}/ai/run/{model}   the model page's route, run()'s schema
     POST /v1/embeddings, /client/v4/accounts/{account_id}/ai/v1/embeddings   OpenAI's schema
     GET /v1/models, /v1/models/{id} (at both base URLs), GET /health, GET /info, POST /tokenize,
-    GET /metrics (Prometheus text), GET /openapi.json
+    GET /metrics (Prometheus text), GET /openapi.json, GET / (the playground page), POST /attention
 
 One role per module:
     settings.py  Settings and their defaults (also the CLI's), served names    (pure Python)
@@ -12,9 +12,10 @@ One role per module:
     batcher.py   the worker thread that owns the model and batches all requests (NumPy)
     gate.py      the ASGI gate: request ids, admission (503, 401, 413, 408, 429), error bodies
     app.py       the route handlers and the Starlette app
+    playground.py  GET / (the page, playground.html) and POST /attention (bge_ref/inspect.py's numbers)
     runner.py    the listening socket, uvicorn, the drain on SIGTERM/SIGINT
 
-Starlette and uvicorn (the `serve` extra) are imported only by gate, app and runner: the names
+Starlette and uvicorn (the `serve` extra) are imported only by gate, app, playground and runner: the names
 below that need them raise a BgeRefError naming the extra when it is missing, while settings and
 routes import without it (the CLI builds its parser from settings' defaults).
 """

@@ -18,6 +18,7 @@ from starlette.routing import Match, Route
 from .. import api
 from . import openapi
 from ..errors import BgeRefError, InputError
+from . import playground
 from .batcher import Job, Worker
 from .gate import ERRORS_KEY, Gate, Reject, error_response, json_response, parse_json
 from .metrics import Metrics
@@ -121,6 +122,12 @@ class Server:
 
     async def prometheus(self, request):
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def playground(self, request):
+        return playground.page()
+
+    async def attention(self, request):
+        return await playground.attention(self, request)
 
     # -- helpers
     def _parsed(self, parse, *args, **kw):

@@ -98,6 +98,21 @@ def _schemas(hidden_size, max_tokens) -> dict:
                 "count": {"type": "integer"},
                 "truncated": {"type": "boolean", "description": f"cut to {max_tokens or 'the max'} tokens"}}}},
             "max_input_tokens": {"type": "integer"}, "truncate": {"type": "boolean"}}},
+        "AttentionRequest": {"type": "object", "additionalProperties": False, "required": ["text", "layer"],
+                             "properties": {"text": {"type": "string", "minLength": 1},
+                                            "layer": {"type": "integer", "minimum": 0,
+                                                      "description": "0 to num_hidden_layers - 1, as transformers' attentions"}}},
+        "AttentionResponse": {"type": "object", "required": ["tokens", "ids", "truncated", "layer", "attention",
+                                                             "hidden_norms"], "properties": {
+            "tokens": {"type": "array", "items": {"type": "string"}, "description": "the pieces, [CLS] ... [SEP]"},
+            "ids": {"type": "array", "items": {"type": "integer"}},
+            "truncated": {"type": "boolean", "description": f"cut to {max_tokens or 'the max'} tokens"},
+            "layer": {"type": "integer"},
+            "attention": {"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {
+                "type": "number"}}}, "description": "[head][query token][key token]: the layer's softmax "
+                                                   "probabilities (each row sums to 1), by the reference forward"},
+            "hidden_norms": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                             "description": "[L + 1][token]: |h| after the embeddings, then after each layer"}}},
     }
 
 
@@ -114,6 +129,9 @@ OPERATIONS = {
                  ("application/json", "TokenizeResponse")),
     "prometheus": ("Counters and histograms in Prometheus' text format", None, ("text/plain", None)),
     "openapi": ("This document (no key needed)", None, ("application/json", None)),
+    "playground": ("The playground page (no key needed; the calls it makes need it)", None, ("text/html", None)),
+    "attention": ("One text's attention probabilities in a layer and its hidden-state norms (reference forward)",
+                  "AttentionRequest", ("application/json", "AttentionResponse")),
 }
 
 STATUS_TEXT = {400: "an invalid body or field (the message names it)", 401: "a missing or wrong key",
@@ -164,7 +182,7 @@ def spec(info: dict | None = None) -> dict:
     description = (
         "bge-ref serve: the hosted API's REST route (Workers AI) and OpenAI's embeddings over HTTP. "
         f"Served model names: {', '.join(info['served_model_names'])}. Auth: when the server has a key, every "
-        "route but /health and /openapi.json needs 'Authorization: Bearer KEY' (401 otherwise, before the body "
+        "route but /health, /openapi.json and / (the playground page) needs 'Authorization: Bearer KEY' (401 otherwise, before the body "
         "is read). Admission, in order: 503 while draining or past max_connections, 401, 413 past "
         "max_body_bytes, 408 past body_timeout_seconds, 429 past max_concurrent_requests; then 404, 400. "
         f"Limits: {', '.join(f'{k} {v:g}' for k, v in limits.items())}. Errors come in each route's own "

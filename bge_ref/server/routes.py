@@ -32,6 +32,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/tokenize", "tokenize", "tokenize", limited=True),
     Endpoint("GET", "/metrics", "prometheus", "metrics"),
     Endpoint("GET", "/openapi.json", "openapi", "openapi", auth=False),
+    Endpoint("GET", "/", "playground", "playground", auth=False),  # the page; its calls need the key
+    Endpoint("POST", "/attention", "attention", "attention", limited=True),
 )
 
 
