@@ -6,7 +6,7 @@
 Peers, all on the same number of threads: transformers' BertModel (eager, its default attention),
 sentence-transformers' encode (same batch size), ONNX Runtime (the BertModel exported to ONNX) if it
 is installed. Models: a random checkpoint of bge-large-en-v1.5's exact shapes (built once with
-tests.checkpoints.make_random_bert in the cache directory) and the real all-MiniLM-L6-v2.
+bge_ref.testing.checkpoints.make_random_bert in the cache directory) and the real all-MiniLM-L6-v2.
 Throughput peers are interleaved and repeated (best of --repeat); peak RSS and cold start are each
 measured in a fresh subprocess. Timings on a shared machine are noisy: read the ratios.
 """
@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from bge_ref.testing.readme import machine, write_region
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
-from readme_regions import machine, write_region  # noqa: E402
 THREADS = 2
 WORKLOADS = [("8x128", 8, 128), ("1x512", 1, 512), ("32x32", 32, 32)]
 CORPUS_TEXTS, CORPUS_BATCH = 1000, 32
@@ -37,7 +37,7 @@ def cache_dir() -> Path:
 
 
 def models() -> dict[str, Path]:
-    from tests.checkpoints import BGE_LARGE_CONFIG, make_random_bert, minilm_dir
+    from bge_ref.testing.checkpoints import BGE_LARGE_CONFIG, make_random_bert, minilm_dir
     large = cache_dir() / "bge-large-random"
     if not (large / "model.safetensors").is_file():
         make_random_bert(large, BGE_LARGE_CONFIG, seed=0)
@@ -47,7 +47,7 @@ def models() -> dict[str, Path]:
 def corpus(n=CORPUS_TEXTS, seed=0) -> list[str]:
     """n texts of varied length (3 to ~250 words, log-uniform) from the vocabulary's whole words."""
     import numpy as np
-    from tests.checkpoints import minilm_dir
+    from bge_ref.testing.checkpoints import minilm_dir
     words = [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 1]
     rng = np.random.default_rng(seed)
     lengths = np.exp(rng.uniform(np.log(3), np.log(250), n)).astype(int)

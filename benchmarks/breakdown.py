@@ -15,20 +15,16 @@ way, for comparison. Every timing is the best of --repeat, the candidates interl
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
-import bge_ref  # noqa: E402  (first: it sets OpenBLAS's idle-thread timeout before NumPy loads)
-import bge_ref.fast as F  # noqa: E402
-from bge_ref import gemm  # noqa: E402
-import numpy as np  # noqa: E402
-from bench import THREADS, models  # noqa: E402
-from readme_regions import machine, write_region  # noqa: E402
+import bge_ref  # noqa: I001  (first: it sets OpenBLAS's idle-thread timeout before NumPy loads)
+import bge_ref.fast as F
+from bge_ref import gemm
+from bge_ref.testing.readme import machine, write_region
+import numpy as np
+from bench import THREADS, models  # benchmarks/bench.py, beside this file
 
 # (function of bge_ref.fast, what it is, the projection it contains, whether it runs on the pool)
 BLOCKS = [("embeddings", "embeddings (gather + LayerNorm)", None, False),

@@ -8,12 +8,10 @@ Prints the largest error; each contract is <= 1 (exit status 1 if it is exceeded
 """
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bge_ref.erf import gelu, gelu_fast  # noqa: E402
+from bge_ref.erf import gelu, gelu_fast
 
 
 def main():

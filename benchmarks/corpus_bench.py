@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bge_ref.testing.readme import machine, write_region
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
-from readme_regions import machine, write_region  # noqa: E402
 THREADS = 2
 
 
@@ -52,7 +51,7 @@ def run(args):
 
     import bge_ref
     from bge_ref.corpus import embed_corpus
-    from tests.checkpoints import minilm_dir
+    from bge_ref.testing.checkpoints import minilm_dir
     model_dir = minilm_dir()
     texts = corpus(args.texts)
     work = Path(tempfile.mkdtemp(prefix="corpus-bench-"))
@@ -85,8 +84,8 @@ def run(args):
             rows.append((f"`embed-corpus --ray`, local cluster, {actors} actor{'s' * (actors > 1)} x 1 BLAS thread", t))
     memory = None
     if args.memory_lines:
-        from tests.checkpoints import TINY_CONFIG, make_random_bert
-        from tests.test_corpus_job import corpus_job_rss
+        from bge_ref.testing.checkpoints import TINY_CONFIG, make_random_bert
+        from bge_ref.testing.memory import corpus_job_rss
         tiny, _ = make_random_bert(work / "tiny", TINY_CONFIG, seed=0)
         memory = corpus_job_rss(tiny, args.memory_lines, work)
     return texts, tokens, rows, memory

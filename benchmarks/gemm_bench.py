@@ -22,13 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's bge_ref, whatever is pip-installed
-import bge_ref  # noqa: E402,F401  (before NumPy: OpenBLAS's thread timeout as in the forward)
-import numpy as np  # noqa: E402
+import bge_ref  # noqa: F401,I001  (before NumPy: OpenBLAS's thread timeout as in the forward)
+import numpy as np
 
-from bge_ref import gemm  # noqa: E402
-from tests.test_gemm import PROJECTIONS, errors, projection_inputs  # noqa: E402
+from bge_ref import gemm
+from bge_ref.testing.projections import PROJECTIONS, errors, projection_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timings(fns: dict, repeat: int, clock) -> dict:

@@ -4,7 +4,7 @@
     python benchmarks/serve_bench.py --write-readme  # and replace README's serve region with it
 
 For each model (the real all-MiniLM-L6-v2, and a seeded random checkpoint of bge-large-en-v1.5's exact
-shapes, built once with tests.checkpoints.make_bge_large_random in the benchmark cache directory),
+shapes, built once with bge_ref.testing.checkpoints.make_bge_large_random in the benchmark cache directory),
 the corpus texts of benchmarks/bench.py are cut into requests of --texts-per-request texts. 1, 8 and
 32 client threads (in this process) send them to a server process on a free loopback port through
 /v1/embeddings with base64 vectors (what the official openai client asks for), each taking the next
@@ -28,10 +28,10 @@ import threading
 import time
 from pathlib import Path
 
+from bench import cache_dir, corpus  # benchmarks/bench.py, beside this file
+from bge_ref.testing.readme import write_region
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
-from benchmarks.bench import cache_dir, corpus  # noqa: E402
-from readme_regions import write_region  # noqa: E402
 
 CLIENTS = (1, 8, 32)
 GOAL = 0.9  # served throughput at 32 clients, as a share of offline encode()'s
@@ -40,7 +40,7 @@ TEXTS = {"all-MiniLM-L6-v2": 512, "bge-large (random)": 128}
 
 def model_path(name: str) -> Path:
     """The checkpoint of a benchmarked model; the random bge-large is built (1.34 GB) only when asked for."""
-    from tests.checkpoints import make_bge_large_random, minilm_dir
+    from bge_ref.testing.checkpoints import make_bge_large_random, minilm_dir
     if name == "all-MiniLM-L6-v2":
         return minilm_dir()
     large = cache_dir() / "bge-large-random"

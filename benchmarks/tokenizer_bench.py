@@ -27,9 +27,9 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bge_ref.testing.readme import machine, write_region  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref, whatever is pip-installed
-from readme_regions import machine, write_region  # noqa: E402
 PARAGRAPHS = 400  # embedded for the encode() share
 
 
@@ -91,7 +91,7 @@ def main():
     args = ap.parse_args()
     from pydoc_data.topics import topics
 
-    from tests.checkpoints import minilm_dir
+    from bge_ref.testing.checkpoints import minilm_dir
     started = datetime.datetime.now(datetime.timezone.utc)
     directory, texts = minilm_dir(), list(topics.values())
     print(f"tokenizing {sum(map(len, texts)):,} characters...", file=sys.stderr)

@@ -3,17 +3,19 @@
 Parsing turns a request body into rows to embed and checks every field with pure Python (the
 server parses on its event loop, which never runs NumPy); each error is an `InputError` naming the
 field or text, with `.param` set to the field. Formatting turns vectors back into the response body.
-`Embedder.run` and `Embedder.openai_embeddings` are `run` and `openai_embeddings` below; the server
-(server.py) calls the same parse and format functions around its own batching.
+`Embedder.run` and `Embedder.openai_embeddings` are `run` and `openai_embeddings` below: each
+tokenizes once and embeds through the batching core (batching.py); the server calls the same parse
+and format functions around its own batching. This module never imports embedder.py (which imports it).
 """
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from .batching import embed_rows
 from .errors import InputError
 
 API_MAX_TEXTS = 100  # the hosted API's limit on strings per request
@@ -34,10 +36,8 @@ def bad(param: str, message: str, kind=InputError):
 
 
 class Tokens(NamedTuple):
-    """Token ids given by the client, shaped like a tokenizers Encoding for Tokenizer.pad."""
-    ids: list
-    attention_mask: list
-    type_ids: list
+    """One row to embed: a text's or a client's token ids with [CLS] and [SEP] (the server keeps one per row)."""
+    ids: list[int]
 
 
 @dataclass
@@ -54,7 +54,6 @@ class Parsed:
     batched: bool = False   # run(): {"requests": [...]} answers {"responses": [...]}
     model: str | None = None
     encoding_format: str = "float"
-    extra: dict = field(default_factory=dict)
 
 
 # -- Workers AI: {"text": str | [str], "pooling": ...} ----------------------------------------------
@@ -110,7 +109,7 @@ def run(model, inputs: dict) -> dict:
     {"shape": [n, D], "data": [[...]], "pooling": ...}; {"requests": [...]} -> {"responses": [...]}.
     pooling defaults to "mean" as that API documents; vectors are L2-normalized."""
     parsed = parse_run(inputs)
-    return run_result(parsed, [model.encode(g.items, pooling=g.pooling, normalize=True) for g in parsed.groups])
+    return run_result(parsed, [embed_group(model, g, tokenize(model, g)) for g in parsed.groups])
 
 
 # -- OpenAI: {"input": str | [str] | [int] | [[int]], ...} ------------------------------------------
@@ -211,12 +210,9 @@ def openai_embeddings(model, body: dict) -> dict:
                           vocab_size=model.config.vocab_size)
     if parsed.model is None:
         parsed.model = model.name
-    rows = tokenize(model, parsed.groups[0])
-    if isinstance(parsed.groups[0].items[0], str):
-        vectors = model.encode(parsed.groups[0].items, normalize=True)
-    else:
-        vectors = embed_sorted(model, rows, parsed.groups[0].pooling)
-    return openai_result(parsed, vectors, sum(len(r.ids) for r in rows))
+    group = parsed.groups[0]
+    rows = tokenize(model, group)
+    return openai_result(parsed, embed_group(model, group, rows), sum(len(r.ids) for r in rows))
 
 
 # -- shared by the Python methods and the server ----------------------------------------------------
@@ -241,41 +237,20 @@ def as_texts(texts, what="texts") -> list[str]:
     return items
 
 
-def tokenize(model, group: Group, truncate=True) -> list:
-    """A group's rows as encodings with [CLS] and [SEP], cut to the model's max length (or an
-    InputError naming the input with truncate=False). Token-id inputs get [CLS]/[SEP] added here."""
-    if isinstance(group.items[0], str):
-        rows = model.tokenizer.encode(group.items, truncate=truncate)
-    else:
-        cls, sep = model.tokenizer.encode([""])[0].ids  # the special ids, as the tokenizer adds them
-        keep = model.max_length - 2 if truncate else None
-        rows = [[cls, *ids[:keep], sep] for ids in group.items]
-        rows = [Tokens(r, [1] * len(r), [0] * len(r)) for r in rows]
-    if not truncate:
-        for i, r in enumerate(rows):
-            if len(r.ids) > model.max_length:
-                raise bad(group.where, f"{group.where}[{i}] has {len(r.ids)} tokens, more than the model's "
-                                       f"{model.max_length}; shorten it (this server does not truncate)")
-    return rows
+def tokenize(model, group: Group, truncate=True) -> list[Tokens]:
+    """A group's rows with [CLS] and [SEP], cut to the model's max length (or an InputError naming the
+    input with truncate=False). Token-id inputs get [CLS]/[SEP] added as the tokenizer adds them."""
+    try:
+        if isinstance(group.items[0], str):
+            rows = model.token_ids(group.items, truncate=truncate, where=group.where)
+        else:
+            rows = model.with_special_tokens(group.items, truncate=truncate, where=group.where)
+    except InputError as e:
+        e.param = group.where  # OpenAI's error names the field
+        raise
+    return [Tokens(r) for r in rows]
 
 
-def embed_batch(model, rows, poolings) -> np.ndarray:
-    """One padded forward over encodings: (B, D) L2-normalized vectors, each row pooled its own way."""
-    from .embedder import l2_normalize
-    batch = model.tokenizer.pad(rows)
-    hidden = model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, S, D)
-    out = np.empty((len(rows), hidden.shape[-1]), dtype=hidden.dtype)                          # (B, D)
-    for pooling in set(poolings):
-        idx = [i for i, p in enumerate(poolings) if p == pooling]
-        out[idx] = model.pool(hidden[idx], batch["attention_mask"][idx], pooling)
-    return l2_normalize(out)
-
-
-def embed_sorted(model, rows, pooling, batch_size=32) -> np.ndarray:
-    """Encodings embedded as encode() embeds texts: sorted by length into batches, back in order."""
-    out = np.empty((len(rows), model.config.hidden_size), dtype=model.dtype)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        out[idx] = embed_batch(model, [rows[i] for i in idx], [pooling] * len(idx))
-    return out
+def embed_group(model, group: Group, rows: list[Tokens]) -> np.ndarray:
+    """A group's tokenized rows embedded as encode() embeds texts: (n, D), L2-normalized."""
+    return embed_rows(model, rows, group.pooling, name=lambda i: f"{group.where}[{i}]")

@@ -201,14 +201,14 @@ def _compare(args) -> int:
 
 
 def _add_check_commands(sub):
-    from .verify import PRESETS, TOLERANCES
+    from .verify import DTYPES, TOLERANCES
     model_help = "checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)"
     v = sub.add_parser("verify", help="compare every layer with transformers' BertModel (needs torch)")
     v.add_argument("--model", help=model_help)
     texts = v.add_mutually_exclusive_group()
     texts.add_argument("--texts", nargs="+", metavar="TEXT", help="texts (default: a built-in mixed batch)")
     texts.add_argument("--texts-file", metavar="FILE", help="a UTF-8 file, one text per line")
-    v.add_argument("--dtype", choices=sorted(TOLERANCES), default="float32")
+    v.add_argument("--dtype", choices=DTYPES, default="float32")
     v.add_argument("--forward", choices=["fast", "reference"], help="bge_ref's forward (default: load()'s)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=_verify)
@@ -223,7 +223,7 @@ def _add_check_commands(sub):
     c = sub.add_parser("compare", help="compare a dump (.safetensors or .npz) with a reference, stage by stage")
     c.add_argument("reference", help="the reference .safetensors (bge-ref reference)")
     c.add_argument("theirs", help="the dump to check, .safetensors or .npz, any subset of the documented names")
-    c.add_argument("--tolerance", default="float32", metavar="|".join(PRESETS) + "|ABS",
+    c.add_argument("--tolerance", default="float32", metavar="|".join(TOLERANCES) + "|ABS",
                    help="a preset (default float32) or one max abs diff for every stage")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_compare)
@@ -253,6 +253,7 @@ def positive_int(value: str) -> int:
 def parser() -> argparse.ArgumentParser:
     """The whole `bge-ref` argument parser, every subcommand included."""
     from . import __version__
+    from .embedder import BATCH_SIZE  # encode()'s default is the flag's
     p = BgeRefParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
     p.add_argument("--version", action="version", version=f"bge-ref {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -264,7 +265,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     e.add_argument("--no-normalize", action="store_true", help="return raw pooled vectors")
     e.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction (for short queries)")
-    e.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
+    e.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help="texts per forward pass (default %(default)s)")
     e.add_argument("--skip-blank", action="store_true",
                    help="drop blank stdin lines (an error otherwise); the output's \"lines\" gives each row's line")
     e.set_defaults(func=_embed)

@@ -1,18 +1,24 @@
 """The public API: load a checkpoint, turn texts into embeddings (the hosted APIs' schemas are in api.py)."""
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import api, fast, hub, st_config
 from . import model as reference
+from .batching import embed_rows, pad
 from .checkpoint import load_params
 from .config import BertConfig
 from .errors import CheckpointError, InputError
+from .pooling import POOLINGS, pool
 from .tokenizer import Tokenizer
 
 QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
-POOLINGS = ("cls", "mean")
 TOKENIZE_CHUNK = 2048  # texts tokenized (and length-sorted) together by encode()
+BATCH_SIZE = 32  # encode()'s texts per forward: bigger batches compute slower per token on CPU
 FORWARDS = {"fast": fast.bert, "reference": reference.bert}  # two forward paths, one function (tests/test_fast.py)
 
 
@@ -22,7 +28,8 @@ def _check_forward(forward):
     return forward
 
 
-def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forward="fast", tokenizer=None) -> "Embedder":
+def load(model: str | os.PathLike | None = None, *, dtype: str = "float32", revision: str | None = None,
+         weights_dtype: str | None = None, forward: str = "fast", tokenizer: str | None = None) -> Embedder:
     """Load a BERT embedding checkpoint: a local directory or a hub repo id.
 
     `model` defaults to $BGE_REF_MODEL, else BAAI/bge-large-en-v1.5. `dtype` is the compute dtype:
@@ -58,23 +65,20 @@ def load(model=None, *, dtype="float32", revision=None, weights_dtype=None, forw
                     forward=forward)
 
 
-def l2_normalize(v):
-    """Rows scaled to unit L2 norm, as torch's F.normalize (eps 1e-12, so a zero row stays zero).
-    Computed in float64 and rounded once: one vector per text, so it costs nothing."""
-    v64 = np.asarray(v, np.float64)
-    return (v64 / np.maximum(np.linalg.norm(v64, axis=-1, keepdims=True), 1e-12)).astype(v.dtype, copy=False)
-
-
 def _as_texts(texts, what="texts") -> tuple[list[str], bool]:
     """Check the texts argument: (list of str, whether a single str was given)."""
     return api.as_texts(texts, what), isinstance(texts, str)
 
 
+def _preview(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 class Embedder:
     """A loaded checkpoint. Create it with `bge_ref.load`."""
 
-    def __init__(self, config: BertConfig, params: dict, tokenizer: Tokenizer, *, pooling="cls",
-                 normalize=True, name="", forward="fast"):
+    def __init__(self, config: BertConfig, params: dict, tokenizer: Tokenizer, *, pooling: str = "cls",
+                 normalize: bool = True, name: str = "", forward: str = "fast"):
         self.config, self.params, self.tokenizer = config, params, tokenizer
         self.forward_path = _check_forward(forward)
         self.pooling, self.normalize, self.name = pooling, normalize, name
@@ -85,36 +89,55 @@ class Embedder:
         """Longest token sequence (with [CLS] and [SEP]) the checkpoint declares; longer texts are cut."""
         return self.tokenizer.max_length
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         return (f"Embedder({self.name!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
                 f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}, "
                 f"dtype={self.dtype}, forward={self.forward_path!r})")
 
     # -- tokens ------------------------------------------------------------------------------------
-    def tokenize(self, texts, *, truncate=True) -> dict[str, np.ndarray]:
+    def tokenize(self, texts: str | Sequence[str], *, truncate: bool = True) -> dict[str, np.ndarray]:
         """input_ids, attention_mask, token_type_ids: int64 arrays (B, S), padded to the longest text."""
         items, _ = _as_texts(texts)
         if not items:
             raise InputError("texts is empty; give at least one text")
-        return self.tokenizer.pad(self._encode(items, truncate))
+        return pad(self.token_ids(items, truncate=truncate), self.config.pad_token_id)
 
-    def count_tokens(self, texts) -> list[int]:
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens per text including [CLS] and [SEP], before truncation."""
         items, _ = _as_texts(texts)
         return [len(e.ids) for e in self.tokenizer.encode(items, truncate=False)]
 
-    def _encode(self, items, truncate, first_index=0):
-        encodings = self.tokenizer.encode(items, truncate=truncate)
+    def token_ids(self, texts: Sequence[str], *, truncate: bool = True, where: str = "texts",
+                  first_index: int = 0) -> list[list[int]]:
+        """Each text's token ids with [CLS] and [SEP], cut to max_length; with truncate=False a longer
+        text is an InputError naming it as where[first_index + i]."""
+        return self._check_lengths([e.ids for e in self.tokenizer.encode(list(texts), truncate=truncate)],
+                                   truncate, where, first_index)
+
+    def with_special_tokens(self, id_lists: Sequence[Sequence[int]], *, truncate: bool = True,
+                            where: str = "input") -> list[list[int]]:
+        """Token ids given without special tokens (as `tokenizers` gives them with
+        add_special_tokens=False) with [CLS] and [SEP] added, the ids cut as the tokenizer cuts a text."""
+        if self.tokenizer.special_ids is None:
+            raise InputError(f"{where}: token-id input needs the tokenizer's special tokens, but this "
+                             "tokenizer.json's post_processor is not one bge_ref reads; send text")
+        before, after = self.tokenizer.special_ids
+        keep = self.max_length - len(before) - len(after) if truncate else None
+        rows = [[*before, *list(ids)[:keep], *after] for ids in id_lists]
+        return self._check_lengths(rows, truncate, where, 0)
+
+    def _check_lengths(self, rows, truncate, where, first_index):
         if not truncate:
-            for i, e in enumerate(encodings):
-                if len(e.ids) > self.max_length:
-                    raise InputError(f"texts[{first_index + i}] has {len(e.ids)} tokens, more than the model's {self.max_length}; "
-                                     "shorten it or pass truncate=True")
-        return encodings
+            for i, r in enumerate(rows):
+                if len(r) > self.max_length:
+                    raise InputError(f"{where}[{first_index + i}] has {len(r)} tokens, more than the model's "
+                                     f"{self.max_length}; shorten it, or let it be truncated")
+        return rows
 
     # -- the model ---------------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask, token_type_ids=None, *, output_hidden_states=False):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike, token_type_ids: ArrayLike | None = None, *,
+                output_hidden_states: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
         """Run the encoder on token ids (B, S): the last hidden state (B, S, D), and with
         output_hidden_states=True also the L+1 hidden states (embeddings, then each layer)."""
         input_ids = self._ids("input_ids", input_ids, self.config.vocab_size)
@@ -146,17 +169,12 @@ class Embedder:
         return a.astype(np.int64, copy=False)
 
     # -- embeddings --------------------------------------------------------------------------------
-    def pool(self, hidden, attention_mask, pooling):
+    def pool(self, hidden: np.ndarray, attention_mask: np.ndarray, pooling: str) -> np.ndarray:
         """(B, S, D) hidden states -> (B, D): the [CLS] vector, or the mean over real tokens."""
-        if pooling == "cls":
-            return hidden[:, 0]                                               # (B, D)
-        # Each text's real tokens summed in float64 and rounded once (a float32 sum over 512 tokens
-        # rounds 512 times); an all-padding row gives zeros, as sentence-transformers' clamp does.
-        real = np.asarray(attention_mask).astype(bool)                        # (B, S)
-        mean = np.stack([h[r].sum(axis=0, dtype=np.float64) / max(int(r.sum()), 1) for h, r in zip(hidden, real)])
-        return mean.astype(hidden.dtype, copy=False)                          # (B, D)
+        return pool(hidden, attention_mask, pooling)
 
-    def encode(self, texts, *, pooling=None, normalize=None, batch_size=32, prompt=None, truncate=True):
+    def encode(self, texts: str | Sequence[str], *, pooling: str | None = None, normalize: bool | None = None,
+               batch_size: int = BATCH_SIZE, prompt: str | None = None, truncate: bool = True) -> np.ndarray:
         """Embed texts: a list gives (n, D), a single str gives (D,).
 
         pooling ("cls" or "mean") and normalize default to the checkpoint's sentence-transformers
@@ -181,17 +199,13 @@ class Embedder:
         # Tokenize a chunk at a time, so 100,000 texts never hold 100,000 encodings at once.
         chunk = max(batch_size, TOKENIZE_CHUNK)
         for lo in range(0, len(items), chunk):
-            encodings = self._encode(items[lo:lo + chunk], truncate, first_index=lo)
-            order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = self.tokenizer.pad([encodings[i] for i in idx])
-                hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                pooled = self.pool(hidden, batch["attention_mask"], pooling)  # (b, D)
-                out[[lo + i for i in idx]] = l2_normalize(pooled) if normalize else pooled  # row by row: per batch
+            rows = self.token_ids(items[lo:lo + chunk], truncate=truncate, first_index=lo)
+            out[lo:lo + len(rows)] = embed_rows(self, rows, pooling, normalize=normalize, max_batch_size=batch_size,
+                                                name=lambda i, lo=lo: f"texts[{lo + i}] {_preview(items[lo + i])}")
         return out[0] if single else out
 
-    def encode_stream(self, texts, *, batch_size=32, window=TOKENIZE_CHUNK, **kw):
+    def encode_stream(self, texts: Iterable[str], *, batch_size: int = BATCH_SIZE, window: int = TOKENIZE_CHUNK,
+                      **kw) -> Iterator[np.ndarray]:
         """Embed an iterable of texts of any length without holding it all: yields (n_i, D) arrays,
         in input order, one per `window` texts read (at least batch_size). Other keywords (pooling,
         normalize, prompt, truncate) are encode's. With the default window the batches are formed as
@@ -209,7 +223,7 @@ class Embedder:
                 raise InputError(f"in texts[{lo}:{lo + len(items)}]: {e}") from None
             lo += len(items)
 
-    def encode_queries(self, texts, **kw):
+    def encode_queries(self, texts: str | Sequence[str], **kw) -> np.ndarray:
         """encode() with bge's retrieval instruction prepended, for short queries against passages."""
         kw.setdefault("prompt", QUERY_INSTRUCTION)
         return self.encode(texts, **kw)

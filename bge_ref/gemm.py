@@ -103,8 +103,9 @@ def on_row_blocks(fn, N):
     waits for all of them: on a machine shared with other processes, those waits doubled the
     forward's time. With the rows split here, the threads meet once per product. The split needs
     threadpoolctl (the `fast` extra), at least MIN_BLOCK_ROWS rows a block, and the BLAS thread
-    count free to change (threads.blas_limit_lock not held, e.g. by a caller already in a
-    single-threaded block); otherwise BLAS threads each call itself.
+    count free to change: threads.blas_limit_lock not held by another thread. The lock is reentrant,
+    so a caller already in a single-threaded block on this thread still splits, under a nested limit
+    of its own. Otherwise BLAS threads each call itself.
     """
     blocks = threads.chunks(N, max(1, min(threads.THREADS, N // MIN_BLOCK_ROWS)))
     if len(blocks) > 1 and threads.blas_limit_lock.acquire(blocking=False):

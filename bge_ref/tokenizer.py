@@ -22,7 +22,7 @@ import numpy as np
 from . import jsonfile
 from .errors import BgeRefError, CheckpointError, InputError
 from .wordpiece import (ASCII_PUNCTUATION, CJK, DECOMPOSES_TO_SPLIT, OTHER, PUNCTUATION, WHITESPACE,
-                        WordPieceTokenizer, _added_regex, check_token_ids)
+                        WordPieceTokenizer, _added_regex, check_token_ids, read_template)
 
 BACKENDS = ("python", "tokenizers")
 
@@ -49,13 +49,20 @@ class Tokenizer:
         if backend == "python":
             self._python = WordPieceTokenizer.from_spec(spec, path)
             self.vocab_size = self._python.vocab_size
-            bert = self._python
+            bert, template = self._python, self._python.template
         else:
             self._load_tokenizers(data, path)
             try:  # wordpiece.py's reading of the same file, for PrefixCut only
                 bert = WordPieceTokenizer.from_spec(spec, path)
             except CheckpointError:
                 bert = None  # not BERT's pipeline: texts are tokenized whole
+            try:
+                template = read_template(spec.get("post_processor"), path)
+            except (CheckpointError, KeyError, TypeError, AttributeError):
+                template = None
+        # The ids added before and after every text's pieces ([CLS] and [SEP] for BERT), for token-id
+        # input; None when the post_processor is not one wordpiece.py reads.
+        self.special_ids = None if template is None else (list(template.before), list(template.after))
         self._prefix_cut = PrefixCut.of(bert) if bert is not None else None
 
     def _load_tokenizers(self, data: bytes, path: Path):

@@ -43,6 +43,8 @@ describe(model, directory)
 
 # %%
 from bge_ref import verify
+from bge_ref.pooling import l2_normalize
+from bge_ref.testing.oracle import four_runs
 
 texts = verify.DEFAULT_TEXTS + [
     "BERT reads a whole sequence at once: every layer lets each token attend to all the others, so the vector "
@@ -54,7 +56,7 @@ mask = batch["attention_mask"]
 real = mask.astype(bool)                                         # (B, S)
 print("batch", batch["input_ids"].shape, f"{real.sum()} real tokens, {(~real).sum()} padding")
 
-runs = verify.four_runs(directory, batch)   # {("ours" | "torch", "float32" | "float64"): {"hidden_states.0", ..., "embedding"}}
+runs = four_runs(directory, batch)   # {("ours" | "torch", "float32" | "float64"): {"hidden_states.0", ..., "embedding"}}
 pairs = {  # (ours, reference, tolerances or None)
     "bge_ref f32 vs transformers f32": (runs["ours", "float32"], runs["torch", "float32"], verify.TOLERANCES["float32"]),
     "bge_ref f32 vs float64 oracle": (runs["ours", "float32"], runs["ours", "float64"], verify.TOLERANCES["float32"]),
@@ -154,7 +156,7 @@ check("bge_ref run (verify)  vs  model.encode", ours, model.encode(texts), rtol=
 one_minus_cos = {}
 for name, ref in emb.items():
     # 1 - cos(a, b) = |a^ - b^|^2 / 2 keeps its digits when a and b agree to 1e-8 (1 - a^.b^ would not)
-    one_minus_cos[name] = 0.5 * ((verify.unit(ours.astype(np.float64)) - verify.unit(ref.astype(np.float64))) ** 2).sum(-1)
+    one_minus_cos[name] = 0.5 * ((l2_normalize(ours.astype(np.float64)) - l2_normalize(ref.astype(np.float64))) ** 2).sum(-1)
     print(f"bge_ref f32 vs {name:<26} largest 1 - cos = {one_minus_cos[name].max():.1e}")
     assert one_minus_cos[name].max() <= 1e-10
 

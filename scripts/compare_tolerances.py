@@ -30,16 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+import bge_ref
+from bge_ref.dump import read_dump
+from bge_ref.testing.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir
+from bge_ref.testing.readme import machine, write_region
+from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, compare_stages, write_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # this checkout's bge_ref
-
-import numpy as np  # noqa: E402
-
-import bge_ref  # noqa: E402
-from bge_ref.dump import read_dump  # noqa: E402
-from bge_ref.verify import DEFAULT_TEXTS, PRESETS, compare_stages, write_reference  # noqa: E402
-from tests.checkpoints import BGE_LARGE_TEXTS, make_bge_large_random, minilm_dir  # noqa: E402
-from readme_regions import machine, write_region  # noqa: E402
 
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/compare_tolerances.py"
 MARGIN = 2.0       # a preset is at least this many times the worst stage measured for it
@@ -68,7 +67,7 @@ def child(how, model, ref_path, out, onnx_dir):
     """Run one implementation on the reference's batch and save its run as .npz, as its user would."""
     import torch
     torch.set_num_threads(2)
-    from tests import dumps
+    from bge_ref.testing import dumps
     ref, meta = read_dump(ref_path)
     batch = {k: np.array(ref[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
     pooling = meta["pooling"]
@@ -88,7 +87,7 @@ def child(how, model, ref_path, out, onnx_dir):
 def measure(name, model, texts, tmp: Path) -> tuple[dict, float]:
     """({implementation: Report}, largest |hidden value|) for one model, each dump against bge_ref's
     float64 reference."""
-    from tests import dumps
+    from bge_ref.testing import dumps
     ref_path = tmp / f"{name}.ref.safetensors"
     ref, _ = write_reference(ref_path, model, texts)
     batch = {k: ref[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -132,12 +131,13 @@ def render(results, shapes, peaks, seconds, machine) -> tuple[str, list[str]]:
             h, e = worst_row(r, "hidden"), worst_row(r, "embedding")
             lines.append(f"| {impl} | {preset} | {model} | {h.stage} | {h.max_abs:.2e} | {e.max_abs:.2e} | "
                          f"1-{e.one_minus_cos:.1e} |")
-    lines += ["", f"The presets (`bge_ref.verify.PRESETS`): each must be at least {MARGIN:g}x the worst stage measured "
+    lines += ["", f"The presets (`bge_ref.verify.TOLERANCES`, shared with `bge-ref verify`): each must be at least {MARGIN:g}x the worst stage measured "
               "for it, over every implementation of its precision on both models.", "",
               "| preset | stages | tolerance (max abs diff) | worst measured | by | margin |",
               "| --- | --- | ---: | ---: | --- | ---: |"]
     short = []
-    for preset, tols in PRESETS.items():
+    measured = {p for p, _, _ in impls.values()}
+    for preset, tols in ((p, t) for p, t in TOLERANCES.items() if p in measured):
         for kind, tol in tols.items():
             worst, impl, model = max((worst_row(reports[i], kind).max_abs, i, m) for m, reports in results.items()
                                      for i, (p, _, _) in impls.items() if p == preset)

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bge_ref  # noqa: E402
-from bge_ref.erf import gelu  # noqa: E402
-from bge_ref.fast import attention, layer_norm  # noqa: E402  (the ops as the default forward computes them)
-from tests.checkpoints import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert  # noqa: E402
-from bge_ref.verify import run_ours, run_transformers, states  # noqa: E402
+import bge_ref
+from bge_ref.erf import gelu
+from bge_ref.fast import attention, layer_norm  # the ops as the default forward computes them
+from bge_ref.testing.checkpoints import BGE_LARGE_CONFIG, BGE_LARGE_SCALES, BGE_LARGE_TEXTS, make_random_bert
+from bge_ref.verify import run_ours, run_transformers, states
 
 
 def err(y, ref):

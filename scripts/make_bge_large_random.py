@@ -4,7 +4,7 @@
 
 Writes config.json, model.safetensors (1.34 GB float32) and the uncased bge tokenizer files into
 OUT_DIR, so that `bge_ref.load(OUT_DIR)` and `bge-ref verify --model OUT_DIR` run at full size. The
-real weights are on the hub, which is unreachable here; see tests/checkpoints.py's BGE_LARGE_SCALES for
+real weights are on the hub, which is unreachable here; see bge_ref/testing/checkpoints.py's BGE_LARGE_SCALES for
 why the weights are scaled. --stats prints how trained-like the model behaves next to the real
 all-MiniLM-L6-v2 (attention entropy, top attention probability, pre-GELU std, max |hidden|).
 """
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bge_ref, not an installed one
 
 STATS_TEXTS = [
     "The quick brown fox jumps over the lazy dog, again and again, until it is tired.",
@@ -76,7 +74,7 @@ def compare_stats(large_model) -> str:
     from transformers import BertConfig, BertModel
 
     import bge_ref
-    from tests.checkpoints import BGE_LARGE_CONFIG, minilm_dir
+    from bge_ref.testing.checkpoints import BGE_LARGE_CONFIG, minilm_dir
     from bge_ref.verify import load_transformers
     batch = bge_ref.load(minilm_dir()).tokenize(STATS_TEXTS)
     torch.manual_seed(0)
@@ -93,7 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stats", action="store_true", help="print activation statistics next to MiniLM's")
     args = p.parse_args(argv)
-    from tests.checkpoints import make_bge_large_random
+    from bge_ref.testing.checkpoints import make_bge_large_random
     directory, model = make_bge_large_random(args.out_dir, seed=args.seed)
     print(f"wrote {directory}")
     if args.stats:

@@ -1,38 +1,98 @@
+"""Fixtures and helpers shared by the tests. Nothing here imports torch at module level: the quick tier
+(`pytest -m quick`) runs without it, and only the fixtures that need torch or transformers import them."""
+import ast
 import gc
+import importlib.util
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import bge_ref
-from tests.checkpoints import BGE_LARGE_TEXTS, TINY_CONFIG, make_bge_large_random, make_random_bert, minilm_dir
-from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, compare_stages, four_runs, oracle_study, run_ours
-
-torch.set_num_threads(2)
+from bge_ref.testing import subprocess_env  # noqa: F401  (tests import it from here)
+from bge_ref.testing.checkpoints import BGE_LARGE_TEXTS, TINY_CONFIG, make_random_checkpoint, minilm_dir
+from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, compare_stages, run_ours
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def subprocess_env(**extra) -> dict:
-    """The environment for a child process (`python -m bge_ref ...`, a server): this checkout's
-    bge_ref first on the path, whatever copy is pip-installed, and offline."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+REFERENCE_FRAMEWORKS = {"torch", "transformers", "sentence_transformers", "onnx", "onnxruntime", "ray", "nbclient"}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The top-level packages a test module imports at module level."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`-m quick` without torch: a module importing a reference framework at module level holds no quick
+    test (checked here), so it is not imported at all, rather than failing to import."""
+    if config.getoption("markexpr") != "quick" or collection_path.suffix != ".py" or importlib.util.find_spec("torch"):
+        return None
+    heavy = module_level_imports(collection_path) & REFERENCE_FRAMEWORKS
+    if not heavy:
+        return None
+    if "mark.quick" in collection_path.read_text(encoding="utf-8"):
+        raise pytest.UsageError(f"{collection_path.name} marks quick tests but imports {sorted(heavy)} at module level")
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    """`-m quick` leaves out the tests also marked slow: the quick tier is the one to run often."""
+    if config.getoption("markexpr") != "quick":
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """torch on the machine's 2 cores, in the tests that have imported it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 2:
+        torch.set_num_threads(2)
+
 
 # Mixed lengths (a padded batch exercises the attention mask), accents, CJK, emoji: verify's own batch.
 TEXTS = DEFAULT_TEXTS
 
 
+class Checkpoint:
+    """(directory, transformers BertModel) of a random checkpoint written with NumPy alone; the
+    transformers model (torch) is loaded on first use, so tests that take only tiny[0] need no torch."""
+
+    def __init__(self, directory: Path):
+        self.directory, self._hf = directory, None
+
+    @property
+    def hf(self):
+        if self._hf is None:
+            from bge_ref.verify import load_transformers
+            self._hf = load_transformers(self.directory)
+        return self._hf
+
+    def __getitem__(self, i):
+        return (self.directory, self.hf)[i] if i else self.directory
+
+    def __iter__(self):
+        return iter((self.directory, self.hf))
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """(directory, transformers model) of a small random BertModel with perturbed LayerNorms."""
-    return make_random_bert(tmp_path_factory.mktemp("tiny"), TINY_CONFIG, seed=0)
+    """(directory, transformers model) of a small random BERT with perturbed LayerNorms (TINY_CONFIG)."""
+    return Checkpoint(make_random_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_CONFIG, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +117,10 @@ def hf_minilm(minilm_path):
     return BertModel.from_pretrained(minilm_path, add_pooling_layer=False).eval()
 
 
-def hf_forward(model, batch, dtype=torch.float32):
-    """transformers' hidden states for a tokenized batch, as NumPy arrays."""
-    model = model.to(dtype)
+def hf_forward(model, batch, dtype=None):
+    """transformers' hidden states for a tokenized batch (float32 by default), as NumPy arrays."""
+    import torch
+    model = model.to(torch.float32 if dtype is None else dtype)
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
     return [h.numpy() for h in out.hidden_states]
@@ -105,6 +166,8 @@ def bge_large(tmp_path_factory):
     parity and oracle reports of both dtypes on a padded batch holding one 512-token text, and the
     reference forward against the fast one ("paths", dtype). The 1.34 GB checkpoint and the 2.7 GB
     float64 copies are freed before the tests run on the stored reports."""
+    from bge_ref.testing.checkpoints import make_bge_large_random
+    from bge_ref.testing.oracle import four_runs, oracle_study
     directory = tmp_path_factory.mktemp("bge_large")
     _, hf = make_bge_large_random(directory, seed=0)
     ln = {n: p.detach().numpy().copy() for n, p in hf.named_parameters() if "LayerNorm" in n}

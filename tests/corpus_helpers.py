@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 import bge_ref
+from bge_ref.testing.memory import WORDS
 from tests.conftest import subprocess_env
-
-WORDS = ("the quick brown fox jumps over a lazy dog while embeddings of passages fill "
-         "an index for retrieval café naïve 東京 🙂").split()
 
 
 def corpus_texts(n, seed=0, max_words=40):

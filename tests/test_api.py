@@ -10,6 +10,8 @@ from bge_ref import InputError, api
 
 from .test_embedder import MORE
 
+pytestmark = pytest.mark.quick
+
 
 def test_run_matches_hosted_schema(minilm):
     out = minilm.run({"text": ["hello world", "second"]})
@@ -113,5 +115,6 @@ def test_openai_served_names():
 def test_token_ids_without_truncation_name_the_input(minilm):
     group = api.Group([[7] * 10, [7] * minilm.max_length], "mean", "input")
     assert [len(r.ids) for r in api.tokenize(minilm, group)] == [12, minilm.max_length]
-    with pytest.raises(InputError, match=r"input\[1\] has 258 tokens, more than the model's 256"):
+    with pytest.raises(InputError, match=r"input\[1\] has 258 tokens, more than the model's 256") as err:
         api.tokenize(minilm, group, truncate=False)
+    assert err.value.param == "input"  # OpenAI's error names the field

@@ -1,13 +1,13 @@
 """Full bge-large-en-v1.5 size without its weights: a seeded random BertModel with the exact config
 (24 x 1024, 16 heads, FFN 4096, 512 positions, vocab 30522), weights scaled to behave like a trained
-model (tests/checkpoints.py, BGE_LARGE_SCALES), against transformers at float32 and float64 on a padded
+model (bge_ref/testing/checkpoints.py, BGE_LARGE_SCALES), against transformers at float32 and float64 on a padded
 batch holding one 512-token text. Built once per session; the 1.34 GB checkpoint and the 2.7 GB
 float64 copies are freed before the tests run on the stored reports (about 3 minutes in all).
 """
 import numpy as np
 import pytest
 
-from tests.checkpoints import BGE_LARGE_CONFIG
+from bge_ref.testing.checkpoints import BGE_LARGE_CONFIG
 
 from .conftest import beyond_torch
 

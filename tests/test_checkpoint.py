@@ -13,6 +13,8 @@ from bge_ref import CheckpointError
 from bge_ref.checkpoint import load_params, read_safetensors
 from bge_ref.config import BertConfig
 
+pytestmark = pytest.mark.quick  # needs no torch
+
 
 @pytest.fixture
 def ckpt(tiny, tmp_path):

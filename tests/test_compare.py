@@ -12,9 +12,9 @@ from tokenizers import Tokenizer
 
 from bge_ref.cli import main
 from bge_ref.dump import read_dump, write_safetensors
-from bge_ref.verify import DEFAULT_TEXTS, IDS, PRESETS, compare_stages, config_hash, run_transformers
+from bge_ref.testing import dumps
+from bge_ref.verify import DEFAULT_TEXTS, IDS, TOLERANCES, compare_stages, config_hash, run_transformers
 
-from . import dumps
 from .conftest import subprocess_env
 
 LAYOUT = ["input_ids", "attention_mask", "token_type_ids"] + [f"hidden_states.{i}" for i in range(7)] + [
@@ -94,7 +94,7 @@ def test_layer_norm_eps_1e5_is_caught_at_the_embeddings(ref, minilm_path, tmp_pa
     status, out, _ = _compare(capsys, ref[0], tmp_path / "eps.npz")
     assert status == 1 and out[-1].startswith("FAIL: hidden_states.0 exceeds the tolerance"), out[-1]
     # a LayerNorm error sits in every stage: it is far over the tolerance, not noise at its edge
-    assert float(out[-1].split("max abs diff ")[1].split()[0]) > 20 * PRESETS["float32"]["hidden"]
+    assert float(out[-1].split("max abs diff ")[1].split()[0]) > 20 * TOLERANCES["float32"]["hidden"]
 
 
 def test_cased_tokenizer_is_a_tokenization_difference(ref, minilm_path, tmp_path, capsys):
@@ -146,13 +146,14 @@ def test_any_subset_any_float_dtype_and_problems_per_stage(ref, hf_minilm, tmp_p
     assert status == 1 and out[-1].startswith("FAIL: hidden_states.2 exceeds the tolerance: max abs diff")
 
 
+@pytest.mark.quick  # needs no torch
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"),
     ("garbage", "not a readable .safetensors or .npz dump"),
     ("no documented names", "holds none of the documented tensor names (input_ids, attention_mask"),
     ("fewer texts", "theirs has 2 texts (attention_mask (2, 21)), the reference 7"),
     ("another model", "was written for another model config (config_hash 0123456789abcdef"),
-    ("bad tolerance", "--tolerance must be one of float32, float16, int8 or a positive number"),
+    ("bad tolerance", "--tolerance must be one of float64, float32, float16, int8 or a positive number"),
 ])
 def test_unusable_input_is_one_line_and_status_2(ref, tmp_path, capsys, case, message):
     theirs, extra = tmp_path / "theirs.npz", []
@@ -173,6 +174,7 @@ def test_unusable_input_is_one_line_and_status_2(ref, tmp_path, capsys, case, me
     assert err.startswith("bge-ref: error: ") and message in err
 
 
+@pytest.mark.quick  # needs no torch
 def test_cli_in_a_fresh_process(ref, tmp_path):
     # The installed command's path: `python -m bge_ref`, status and streams as a shell sees them.
     np.savez(tmp_path / "ids.npz", **{k: ref[1][k] for k in ("input_ids", "attention_mask")})
@@ -184,6 +186,7 @@ def test_cli_in_a_fresh_process(ref, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such file" in r.stderr
 
 
+@pytest.mark.quick  # needs no torch
 def test_reference_cli_errors(minilm_path, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("one\n\nthree\n", encoding="utf-8")

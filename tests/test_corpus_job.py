@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from bge_ref.corpus import CorpusError, embed_corpus
-from tests.checkpoints import TINY_CONFIG, make_random_bert
+from bge_ref.testing.checkpoints import TINY_CONFIG, make_random_checkpoint
+from bge_ref.testing.memory import corpus_job_rss
 from tests.conftest import subprocess_env
-from tests.corpus_helpers import TEXTS, WORDS, corpus_texts, run_cli, write_txt
+from tests.corpus_helpers import TEXTS, corpus_texts, run_cli, write_txt
 from tests.corpus_helpers import partial_run, tiny_model  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.quick  # no torch: the tiny checkpoint's directory and bge_ref only
@@ -50,7 +51,7 @@ def test_sigkill_then_rerun_continues_and_equals_an_uninterrupted_run(tmp_path, 
 
 def test_changed_input_or_model_refused_until_overwrite(partial_run, tmp_path, tiny, tiny_model):
     src, out = partial_run
-    other_dir, _ = make_random_bert(tmp_path / "other", TINY_CONFIG, seed=1)
+    other_dir = make_random_checkpoint(tmp_path / "other", TINY_CONFIG, seed=1)
     with pytest.raises(CorpusError, match=r"o\.npy\.parts holds a partial run of another job: model differs "
                                           r"\(sha256 [0-9a-f]{12}\.\.\. then, sha256 [0-9a-f]{12}\.\.\. now\); "
                                           r"pass --overwrite"):
@@ -217,40 +218,6 @@ def test_a_full_disk_is_one_error_line_and_the_rerun_resumes(tmp_path, tiny, tin
 
 
 # -- memory ----------------------------------------------------------------------------------------
-MEMORY_CHILD = """
-import sys
-import bge_ref
-from bge_ref.cli import main
-
-def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork and exec)
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-bge_ref.load(sys.argv[1]).encode(["warm up"] * 1024, batch_size=1024)
-base = peak_mb()
-status = main(["embed-corpus", sys.argv[2], "-o", sys.argv[3], "--model", sys.argv[1], "--batch-size", "1024",
-               "--quiet"])
-print(base, peak_mb(), status)
-"""
-
-
-def corpus_job_rss(model_dir, n_lines, work) -> tuple[float, float]:
-    """(MB of peak RSS with the model loaded and one batch run, MB of peak RSS at the end of an
-    embed-corpus job over n_lines short lines), in a fresh process."""
-    rng = np.random.default_rng(7)
-    words = np.array(WORDS[:16])
-    with open(work / "m.txt", "w") as f:
-        for lo in range(0, n_lines, 10_000):
-            picks = words[rng.integers(0, len(words), (min(10_000, n_lines - lo), 3))]
-            f.write("".join(" ".join(p) + "\n" for p in picks))
-    r = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(model_dir), str(work / "m.txt"), str(work / "m.npy")],
-                       capture_output=True, text=True, timeout=3600, env=subprocess_env(BGE_REF_THREADS=1))
-    assert r.returncode == 0, r.stderr
-    base, peak, status = r.stdout.split()[-3:]
-    assert status == "0" and np.load(work / "m.npy", mmap_mode="r").shape[0] == n_lines
-    return float(base), float(peak)
-
-
 @pytest.mark.slow
 def test_memory_is_bounded_by_the_batch_not_the_corpus(tmp_path, tiny):
     """300,000 short lines on the tiny random model (its forward is cheap: the job's machinery is what

@@ -25,10 +25,8 @@ def hooks():
 
 
 def regions():
-    spec = importlib.util.spec_from_file_location("readme_regions", REPO / "scripts" / "readme_regions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bge_ref.testing import readme
+    return readme
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p.read_text(encoding="utf-8"))],
@@ -82,7 +80,7 @@ def test_cli_reference_lists_every_subcommand_and_flag():
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}`" in section, f"bge-ref {name} {flag} missing from the CLI reference"
     assert "| `--batch-size` `BATCH_SIZE` | `32` |" in text
-    assert "| `--tolerance` `float32\\|float16\\|int8\\|ABS` | `float32` |" in text  # a | escaped in a table cell
+    assert "| `--tolerance` `float64\\|float32\\|float16\\|int8\\|ABS` | `float32` |" in text  # a | escaped in a table cell
     assert "| `--pooling` `{cls,mean}` |  | default: the checkpoint's own |" in text
 
 

@@ -3,10 +3,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
-from safetensors.torch import save_file as save_torch
 
 from bge_ref.dump import read_dump, write_safetensors
 from bge_ref.errors import InputError
@@ -19,6 +17,7 @@ def _tensors():
             "odd": rng.normal(size=(3,)).astype(np.float16), "flags": np.array([True, False]), "empty": np.zeros((0, 4))}
 
 
+@pytest.mark.quick  # needs no torch
 def test_written_file_is_read_by_the_safetensors_library(tmp_path):
     tensors, meta = _tensors(), {"model": "m", "texts": json.dumps(["é", "東京"], ensure_ascii=False)}
     path = tmp_path / "d.safetensors"
@@ -34,6 +33,8 @@ def test_written_file_is_read_by_the_safetensors_library(tmp_path):
 
 
 def test_reads_the_library_files_npz_and_bfloat16(tmp_path):
+    import torch
+    from safetensors.torch import save_file as save_torch
     tensors = {k: v for k, v in _tensors().items() if k != "flags"}
     save_file(tensors, tmp_path / "lib.safetensors", metadata={"a": "b"})
     back, meta = read_dump(tmp_path / "lib.safetensors")
@@ -48,6 +49,7 @@ def test_reads_the_library_files_npz_and_bfloat16(tmp_path):
     assert np.array_equal(back["embedding"], x.to(torch.bfloat16).float().numpy())
 
 
+@pytest.mark.quick  # needs no torch
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     (b"", "too short to be safetensors"),
@@ -64,12 +66,14 @@ def test_unreadable_files_are_input_errors_naming_the_file(tmp_path, content, me
     assert str(path) in str(e.value)
 
 
+@pytest.mark.quick  # needs no torch
 def test_pickled_npz_is_refused(tmp_path):
     np.savez(tmp_path / "p.npz", hidden=np.array([{"a": 1}], dtype=object))
     with pytest.raises(InputError, match="not a readable .npz"):
         read_dump(tmp_path / "p.npz")
 
 
+@pytest.mark.quick  # needs no torch
 def test_unwritable_dtype_names_the_tensor(tmp_path):
     with pytest.raises(InputError, match="texts: dtype"):
         write_safetensors(tmp_path / "x.safetensors", {"texts": np.array(["a"])})

@@ -2,7 +2,6 @@
 openai_embeddings() are tested in test_api.py)."""
 import numpy as np
 import pytest
-import torch
 
 import bge_ref
 
@@ -24,6 +23,7 @@ def test_encode_matches_sentence_transformers(minilm, st_minilm):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_pooling_matches_transformers(minilm, hf_minilm, pooling):
+    import torch
     batch = minilm.tokenize(MORE)
     h = torch.from_numpy(hf_forward(hf_minilm, batch)[-1])
     if pooling == "cls":
@@ -35,12 +35,14 @@ def test_pooling_matches_transformers(minilm, hf_minilm, pooling):
     assert np.abs(ours - ref.numpy()).max() <= 1e-5
 
 
+@pytest.mark.quick  # needs no torch
 def test_defaults_come_from_sentence_transformers_files(minilm, tiny):
     assert (minilm.pooling, minilm.normalize, minilm.max_length) == ("mean", True, 256)
     plain = bge_ref.load(tiny[0])  # no modules.json: bge's official CLS + normalize
     assert (plain.pooling, plain.normalize) == ("cls", True)
 
 
+@pytest.mark.quick  # needs no torch
 def test_single_string_and_order(minilm):
     one = minilm.encode("hello world")
     assert one.shape == (384,)
@@ -51,11 +53,13 @@ def test_single_string_and_order(minilm):
     assert np.allclose(np.linalg.norm(many, axis=1), 1, atol=1e-6)
 
 
+@pytest.mark.quick  # needs no torch
 def test_encode_queries_prepends_instruction(minilm):
     q = minilm.encode_queries(["what is bert"])
     np.testing.assert_array_equal(q, minilm.encode([bge_ref.QUERY_INSTRUCTION + "what is bert"]))
 
 
+@pytest.mark.quick  # needs no torch
 def test_float64_encode(minilm_path, minilm):
     m64 = bge_ref.load(minilm_path, dtype="float64")
     a, b = m64.encode(MORE), minilm.encode(MORE)

@@ -2,7 +2,7 @@
 import math
 
 import numpy as np
-import torch
+import pytest
 
 from bge_ref.erf import erf, erfc, gelu, gelu_fast
 
@@ -13,6 +13,7 @@ def _grid():
     return np.concatenate([lin, logs, -logs, [0.0, 0.46875, 4.0, -0.46875, -4.0]])
 
 
+@pytest.mark.quick  # needs no torch
 def test_erf_float64_relative_error():
     x = _grid()
     ref = np.array([math.erf(v) for v in x])
@@ -25,6 +26,7 @@ def test_erf_float64_relative_error():
     assert np.all(got[~nz] == 0)
 
 
+@pytest.mark.quick  # needs no torch
 def test_erf_float32_within_2_ulp_of_correct_rounding():
     x = _grid().astype(np.float32)
     correct = np.array([math.erf(float(v)) for v in x]).astype(np.float32)  # float64 erf rounded once
@@ -35,6 +37,7 @@ def test_erf_float32_within_2_ulp_of_correct_rounding():
     assert ulps.max() <= 2
 
 
+@pytest.mark.quick  # needs no torch
 def test_erfc_float64_relative_error():
     x = np.linspace(-26, 26.5, 200_001)
     ref = np.array([math.erfc(v) for v in x])
@@ -44,6 +47,7 @@ def test_erfc_float64_relative_error():
     assert erfc(np.array([30.0]))[0] == 0 and erfc(np.array([-30.0]))[0] == 2
 
 
+@pytest.mark.quick  # needs no torch
 def test_erf_special_values():
     got = erf(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-320, 30.0, -30.0]))
     assert np.isnan(got[0])
@@ -54,6 +58,7 @@ def test_erf_special_values():
 
 
 def test_gelu_matches_torch_exact_gelu_not_tanh():
+    import torch
     x = np.linspace(-10, 10, 100_001)
     ours = gelu(x)
     ref = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
@@ -71,6 +76,7 @@ def test_gelu_matches_torch_exact_gelu_not_tanh():
     assert ulps.max() <= 1  # evaluated in float64, rounded once
 
 
+@pytest.mark.quick  # needs no torch
 def test_gelu_float32_fast_path_on_a_dense_float32_sample():
     """Every 61st float32 bit pattern with |x| in [2^-30, 64), plus specials: within 1 ulp of float64."""
     bits = np.arange(np.float32(2.0**-30).view(np.int32), np.float32(64.0).view(np.int32), 61, dtype=np.int32)
@@ -85,6 +91,7 @@ def test_gelu_float32_fast_path_on_a_dense_float32_sample():
     assert out[0] == np.inf and out[1] == 0 and np.isnan(out[2])
 
 
+@pytest.mark.quick  # needs no torch
 def test_gelu_fast_within_one_ulp_of_x_on_a_dense_float32_sample():
     """The fast path's float32 GELU: |error| <= 1 ulp of |x| (the bound is 0.66), every 61st float32
     with |x| in [2^-30, 64) and specials; float64 input is the exact gelu."""

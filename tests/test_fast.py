@@ -157,7 +157,7 @@ def test_without_threadpoolctl_attention_blocks_run_in_the_calling_thread(tiny, 
 @pytest.fixture(scope="module")
 def minilm_oracle(minilm_path):
     """MiniLM on a padded batch: transformers' float32 and float64 runs, bge_ref's float64 (the oracle)."""
-    from bge_ref.verify import four_runs, oracle_study
+    from bge_ref.testing.oracle import four_runs, oracle_study
     batch = bge_ref.load(minilm_path).tokenize(TEXTS + ["a longer text that pads the others " * 12])
     runs = four_runs(minilm_path, batch)
     return {"batch": batch, "runs": runs, "reports": oracle_study(runs)}

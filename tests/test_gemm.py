@@ -13,33 +13,8 @@ import pytest
 import torch
 
 from bge_ref import gemm, threads
+from bge_ref.testing.projections import PROJECTIONS, errors, projection_inputs
 from tests.conftest import subprocess_env
-
-# (name, K, M, input kind) of every projection, N = 1024 tokens: bge-large (D 1024, F 4096), MiniLM (D 384, F 1536)
-PROJECTIONS = [("bge-large qkv", 1024, 3072, "ln"), ("bge-large attn_out", 1024, 1024, "ln"),
-               ("bge-large inter", 1024, 4096, "ln"), ("bge-large out", 4096, 1024, "gelu"),
-               ("MiniLM qkv", 384, 1152, "ln"), ("MiniLM attn_out", 384, 384, "ln"),
-               ("MiniLM inter", 384, 1536, "ln"), ("MiniLM out", 1536, 384, "gelu")]
-
-
-def projection_inputs(N, K, M, kind, seed=0):
-    """x (N, K), w (K, M) float32 as a projection sees them: x a LayerNorm output (per-feature gain
-    and shift) or a GELU output (non-negative mean, long right tail); w at BERT's init scale and,
-    as checkpoint.py gives it, the transposed view of a row-major (M, K) matrix."""
-    rng = np.random.default_rng(seed)
-    if kind == "gelu":
-        h = rng.normal(0, 1, (N, K))
-        x = h / (1 + np.exp(-1.702 * h))                  # (N, K) GELU's sigmoid form, close enough for rounding
-    else:
-        x = rng.normal(0, 1, (N, K)) * (1 + 0.2 * rng.normal(size=K)) + 0.2 * rng.normal(size=K)
-    w = rng.normal(0, 0.03, (M, K)).astype(np.float32).T
-    return x.astype(np.float32), w
-
-
-def errors(y, exact):
-    """rms and max abs error of the float32 product y against the float64 product `exact`."""
-    d = np.abs(y - exact)
-    return float(np.sqrt(np.mean(d * d))), float(d.max())
 
 
 def numpy_only(x, w):
@@ -232,13 +207,41 @@ def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, bloc
     assert len(calls) == (blocks > 1)                    # one block: no pool
 
 
-def test_no_split_while_the_blas_thread_count_is_held(path, monkeypatch):
-    """A caller already holding threads.blas_limit_lock (a single-threaded block) gets one block, not a deadlock."""
+def test_split_only_when_the_blas_thread_count_is_free(path, monkeypatch):
+    """threads.blas_limit_lock held by another thread (its single-threaded block sets the BLAS thread
+    count): one block, in this thread. Held by this thread itself: the lock is reentrant, so the rows
+    still split, under a nested limit of this thread's own, and nothing deadlocks."""
     monkeypatch.setattr(threads, "THREADS", 2)
     x, w = projection_inputs(600, 300, 50, "ln")
-    with threads.blas_limit_lock:
-        y = gemm.matmul(x, w)
-    close_to_matmul(y, x, w)
+    calls = []
+    run = threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with threads.blas_limit_lock:
+            held.set()
+            done.wait(60)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(60)
+        close_to_matmul(gemm.matmul(x, w), x, w)
+    finally:
+        done.set()
+        holder.join(60)
+    assert calls == []                                   # another thread holds it: no split
+    results = []
+
+    def nested():
+        with threads.blas_limit_lock:
+            results.append(gemm.matmul(x, w))
+    worker = threading.Thread(target=nested)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "deadlock"
+    close_to_matmul(results[0], x, w)
+    assert calls == [2]                                  # this thread holds it: split all the same
 
 
 def test_without_threadpoolctl_one_block(path, monkeypatch):

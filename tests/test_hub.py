@@ -4,6 +4,8 @@ import pytest
 import bge_ref
 from bge_ref import CheckpointError
 
+pytestmark = pytest.mark.quick  # needs no torch
+
 
 def test_offline_hub_id_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -2,7 +2,6 @@
 hidden state; the fast path (the default) too. The fast path's own machinery: tests/test_fast.py."""
 import numpy as np
 import pytest
-import torch
 
 import bge_ref
 from bge_ref import fast
@@ -20,6 +19,7 @@ TOL = {"float64": 1e-13, "float32": 5e-6}
 @pytest.mark.parametrize("forward", ["reference", "fast"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_hidden_states_match_transformers(tiny, dtype, forward):
+    import torch
     directory, hf = tiny
     model = bge_ref.load(directory, dtype=dtype, forward=forward)
     batch = model.tokenize(TEXTS)
@@ -39,6 +39,7 @@ def test_hidden_states_match_transformers(tiny, dtype, forward):
 
 @pytest.mark.parametrize("layer_norm", [M.layer_norm, fast.layer_norm], ids=["reference", "fast"])
 def test_layer_norm_and_softmax_against_torch(layer_norm):
+    import torch
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, (4, 7, 32))
     g, b = rng.normal(1, 0.1, 32), rng.normal(0, 0.1, 32)
@@ -54,6 +55,7 @@ def test_layer_norm_and_softmax_against_torch(layer_norm):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_attention_heads_against_torch_eager(dtype):
     """split_heads, attention (with the padding mask) and merge_heads against HF's eager attention."""
+    import torch
     rng = np.random.default_rng(1)
     B, S, H, Dh = 3, 9, 4, 16
     q, k, v = (rng.standard_normal((B, S, H * Dh)).astype(dtype) for _ in range(3))
@@ -68,6 +70,7 @@ def test_attention_heads_against_torch_eager(dtype):
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14 if dtype == "float64" else 1e-6)
 
 
+@pytest.mark.quick  # needs no torch
 def test_reads_sizes_from_config(tiny):
     model = bge_ref.load(tiny[0])
     c = model.config
@@ -78,6 +81,7 @@ def test_reads_sizes_from_config(tiny):
     assert p["attn_out"]["ln"]["g"].shape == p["out"]["ln"]["b"].shape == (64,)
 
 
+@pytest.mark.quick  # needs no torch
 @pytest.mark.parametrize("forward", ["reference", "fast"])
 def test_float16_weights_keep_float32_compute_and_cosine(minilm_path, forward):
     from .conftest import cosine_rows

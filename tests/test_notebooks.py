@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.checkpoints import minilm_dir
+from bge_ref.testing.checkpoints import minilm_dir
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import bge_ref
 from bge_ref import InputError
 
-pytestmark = pytest.mark.blas  # tolerances set by BLAS rounding: CI reruns these on a second kernel
+pytestmark = [pytest.mark.blas, pytest.mark.quick]  # blas: tolerances set by BLAS rounding, CI reruns these on a second kernel
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -6,7 +6,7 @@ transformers or sentence-transformers run here.
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.blas  # tolerances set by BLAS rounding: CI reruns these on a second kernel
+pytestmark = [pytest.mark.blas, pytest.mark.quick]  # blas: tolerances set by BLAS rounding, CI reruns these on a second kernel
 
 # sentence-transformers/all-MiniLM-L6-v2, mean pooling + L2 normalization, "hello world": the first
 # five components, published reference values (quoted in issue #3).

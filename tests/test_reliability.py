@@ -12,6 +12,8 @@ import bge_ref
 from bge_ref import BgeRefError, CheckpointError, InputError
 from tests.conftest import subprocess_env
 
+pytestmark = pytest.mark.quick
+
 ADVERSARIAL = ["", " ", "\t\n\r ", "\x00", "a\x00b\x01c\x7f", "\u200b\ufeff\u2028", "🦙" * 300, "\U0010ffff",
                "[CLS] [SEP] [PAD] [MASK] [UNK]", "a" * 5000, "x " * 3000, "\u0301\u0301", "ﷺ" * 50]
 
@@ -211,7 +213,7 @@ def test_cli_bad_input_is_a_clean_error(tiny):
     r = _cli("embed", "--model", str(tiny[0]), stdin=b"fine\n\xff\xfe broken\n")
     assert r.returncode == 2 and b"stdin line 2 is not valid UTF-8" in r.stderr and b"Traceback" not in r.stderr
     r = _cli("embed", "--model", str(tiny[0]), "--batch-size", "0", "x")
-    assert r.returncode == 2 and b"batch_size must be a positive int" in r.stderr
+    assert r.returncode == 2 and b"argument --batch-size: must be a positive integer, got '0'" in r.stderr
     r = _cli("embed", "--model", str(tiny[0]), stdin=b"a\n\n  \nb\n")
     assert r.returncode == 2 and b"stdin line 2 is blank" in r.stderr  # rows would no longer match lines
     r = _cli("embed", "--model", str(tiny[0]), "--skip-blank", stdin=b"a\n\n  \nb\n")

@@ -16,11 +16,13 @@ def test_minilm_as_sentence_transformers_declares_it(minilm_path, st_minilm):
     assert max_seq_length(minilm_path, 512) == st_minilm.max_seq_length == 256
 
 
+@pytest.mark.quick  # needs no torch
 def test_no_modules_json_is_bge_usage_and_limits(tiny):
     assert sentence_transformers_defaults(tiny[0]) == ("cls", True)
     assert max_seq_length(tiny[0], 64) == 64  # tokenizer_config's 512 capped by the position table
 
 
+@pytest.mark.quick  # needs no torch
 def test_cls_pooling_and_unsupported_modes(tmp_path, minilm_path):
     d = tmp_path / "m"
     shutil.copytree(minilm_path, d, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "onnx", "openvino"))

@@ -9,6 +9,8 @@ import pytest
 from bge_ref import threads
 from bge_ref.errors import InputError
 
+pytestmark = pytest.mark.quick  # needs no torch
+
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_run_keeps_order_and_uses_the_pool(n_threads, monkeypatch):

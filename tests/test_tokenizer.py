@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
 
 import bge_ref
 from bge_ref import BgeRefError, InputError
@@ -41,6 +40,7 @@ def python_minilm(minilm_path):
 
 
 def test_batch_matches_autotokenizer(model, minilm_path):
+    from transformers import AutoTokenizer
     ours = model.tokenize(MORE)
     ref = AutoTokenizer.from_pretrained(minilm_path)(MORE, padding=True, truncation=True,
                                                      max_length=model.max_length, return_tensors="np")
@@ -50,11 +50,13 @@ def test_batch_matches_autotokenizer(model, minilm_path):
     assert ours["input_ids"].shape == (len(MORE), 256)  # truncated to max_seq_length, not the file's 128
 
 
+@pytest.mark.quick  # needs no torch
 def test_padding_is_ours_not_the_files(model):
     # tokenizer.json pads everything to 128; we pad to the longest text in the batch.
     assert model.tokenize(["hi", "hello there"])["input_ids"].shape == (2, 4)
 
 
+@pytest.mark.quick  # needs no torch
 def test_count_tokens_is_before_truncation(model):
     n = model.count_tokens(["hello world", LONG])
     assert n[0] == 4 and n[1] > 1000
@@ -62,11 +64,13 @@ def test_count_tokens_is_before_truncation(model):
 
 
 def test_pieces_are_the_vocabulary_entries(model, minilm_path):
+    from transformers import AutoTokenizer
     ref = AutoTokenizer.from_pretrained(minilm_path)
     for text in MORE[:4]:
         assert model.tokenizer.encode([text])[0].tokens == ref.convert_ids_to_tokens(ref(text)["input_ids"])
 
 
+@pytest.mark.quick  # needs no torch
 def test_python_backend_embeds_as_tokenizers_does(minilm, python_minilm):
     # Same ids give the same forward pass: bit-identical vectors, through every entry point.
     py = python_minilm
@@ -79,6 +83,7 @@ def test_python_backend_embeds_as_tokenizers_does(minilm, python_minilm):
         py.encode(["short", LONG], truncate=False)
 
 
+@pytest.mark.quick  # needs no torch
 def test_python_backend_cuts_a_megabyte_to_a_prefix(minilm, minilm_path):
     py = bge_ref.load(minilm_path, tokenizer="python")
     big = ("The quick brown fox jumps over the lazy dog. " * 23000)[:1_000_000]
@@ -90,6 +95,7 @@ def test_python_backend_cuts_a_megabyte_to_a_prefix(minilm, minilm_path):
     np.testing.assert_array_equal(ids, minilm.tokenize([big])["input_ids"])
 
 
+@pytest.mark.quick  # needs no torch
 def test_tokenizer_choice(minilm_path, monkeypatch):
     with pytest.raises(InputError, match="tokenizer must be None, 'python' or 'tokenizers', got 'rust'"):
         bge_ref.load(minilm_path, tokenizer="rust")
@@ -103,6 +109,7 @@ def test_tokenizer_choice(minilm_path, monkeypatch):
 words = st.lists(st.text(st.sampled_from("abcdeéü東🦙.,'-[]MASK"), min_size=1, max_size=12), min_size=1, max_size=40)
 
 
+@pytest.mark.quick  # needs no torch
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(parts=words, sep=st.sampled_from([" ", "  ", "\n", "\t", " \u3000 "]), repeat=st.integers(200, 3000))
 def test_python_prefix_cut_equals_full_truncation(minilm, python_minilm, parts, sep, repeat):
@@ -110,6 +117,7 @@ def test_python_prefix_cut_equals_full_truncation(minilm, python_minilm, parts, 
     assert python_minilm.tokenizer.encode([long])[0].ids == minilm.tokenizer._cut.encode(long).ids
 
 
+@pytest.mark.quick  # needs no torch
 def test_python_tokenizer_is_thread_safe(minilm, python_minilm):
     # One word cache and one character table shared by the threads; each text keeps its own ids.
     texts = [f"{i} Über naïve {chr(0x4E00 + i)} " + "word" * (i % 7) + " [MASK]" * (i % 3) for i in range(400)]

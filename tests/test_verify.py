@@ -34,6 +34,7 @@ def test_compare_minilm(minilm_path, hf_minilm, dtype):
         assert max(r.max_abs for r in report.rows) <= 1e-10
 
 
+@pytest.mark.quick  # needs no torch
 def test_diff_stage_locates_the_worst_real_element():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 5, 8))
@@ -76,6 +77,7 @@ def test_cli_table_json_and_texts_file(minilm_path, tmp_path, capsys):
     assert [row["stage"] for row in out["rows"]] == STAGES
 
 
+@pytest.mark.quick  # needs no torch
 def test_cli_texts_file_errors_name_the_line(minilm_path, tmp_path, capsys):
     bad = tmp_path / "texts.txt"
     bad.write_bytes(b"hello\n\nworld\n")
@@ -94,6 +96,7 @@ def test_cli_exit_status_when_a_stage_exceeds_tolerance(minilm_path, monkeypatch
     assert "FAIL" in out[3] and out[-1].startswith("FAIL: hidden_states.0 exceeds the tolerance")
 
 
+@pytest.mark.quick  # needs no torch
 def test_without_torch_is_a_typed_error(minilm_path):
     # A fresh interpreter where torch and transformers cannot be imported (None in sys.modules).
     code = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None\n"
@@ -122,3 +125,20 @@ def test_cli_forward_option_reaches_load(minilm_path, monkeypatch, capsys):
     assert seen == ["reference", "absent"]
     with pytest.raises(SystemExit):
         main(["verify", "--forward", "slow"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_verify_and_compare_check_against_one_table(minilm_path, tmp_path, capsys, dtype):
+    """`verify --dtype X` and `compare --tolerance X` report the same tolerances: one TOLERANCES table."""
+    def tolerances(out):
+        return {r["stage"] == "embedding": r["tol"] for r in json.loads(out)["rows"]}
+
+    assert main(["verify", "--model", str(minilm_path), "--texts", "hello world", "--dtype", dtype, "--json"]) == 0
+    verified = tolerances(capsys.readouterr().out)
+    ref, mine = tmp_path / "ref.safetensors", tmp_path / "mine.safetensors"
+    for path, d in ((ref, "float64"), (mine, dtype)):
+        assert main(["reference", "--model", str(minilm_path), "--texts", "hello world", "--dtype", d, "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(ref), str(mine), "--tolerance", dtype, "--json"]) == 0
+    compared = tolerances(capsys.readouterr().out)
+    assert verified == compared == {False: TOLERANCES[dtype]["hidden"], True: TOLERANCES[dtype]["embedding"]}

@@ -14,13 +14,15 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import normalizers, pre_tokenizers
 
 from bge_ref import CheckpointError
+from bge_ref.testing.checkpoints import minilm_dir
 from bge_ref.tokenizer import Tokenizer
 from bge_ref.wordpiece import (WordPieceTokenizer, added_vocabulary, bert_normalizer, bert_pre_tokenizer,
                                read_spec, template_processing, wordpiece)
 
 from .conftest import TEXTS
 from .test_references import UNCASED_IDS
-from .checkpoints import minilm_dir
+
+pytestmark = pytest.mark.quick  # needs no torch
 
 SPEC = json.loads((minilm_dir() / "tokenizer.json").read_text(encoding="utf-8"))
 # Every code point but the surrogates (not valid in UTF-8, so no text holds them). "|" between them is a

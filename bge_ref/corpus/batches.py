@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embedder import l2_normalize
+from ..batching import embed_rows
 from .store import chunk_name, save_chunk
 
 
@@ -25,31 +25,18 @@ def plan_chunks(lengths, batch_size, chunk_tokens, chunk_texts) -> list[list[int
     return chunks + [current] if current else chunks
 
 
-def tokenize_window(model, texts, prompt) -> list:
+def tokenize_window(model, texts, prompt) -> list[list[int]]:
     """The window's one tokenization (with the prompt, truncated to the max length, as encode()'s):
     its lengths plan the chunks and its ids are embedded."""
-    return model.tokenizer.encode([(prompt or "") + t for t in texts])
-
-
-def embed_sorted(model, encodings, batch_size, pooling, normalize) -> np.ndarray:
-    """encode()'s batches on encodings already in its order (sorted by length): consecutive runs of
-    batch_size, each padded, run, pooled and normalized as encode() does, so the bits are encode()'s.
-    (To be replaced by bge_ref's one batching core.)"""
-    out = np.empty((len(encodings), model.config.hidden_size), dtype=model.dtype)
-    for s in range(0, len(encodings), batch_size):
-        batch = model.tokenizer.pad(encodings[s:s + batch_size])
-        hidden = model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        pooled = model.pool(hidden, batch["attention_mask"], pooling)
-        out[s:s + batch_size] = l2_normalize(pooled) if normalize else pooled
-    return out
+    return model.token_ids([(prompt or "") + t for t in texts])
 
 
 def embed_window(model, texts, w, parts: Path, job, measured=None):
     """Embed window w (its texts are output rows w * window ...) chunk by chunk, skipping chunks already
     on disk and committing each new one atomically. Yields (texts, tokens) per chunk embedded; first
     calls measured(w, tokens in the window, tokens in its chunks already committed), if given."""
-    encodings = tokenize_window(model, texts, job.prompt)
-    lengths = [len(e.ids) for e in encodings]
+    rows = tokenize_window(model, texts, job.prompt)
+    lengths = [len(r) for r in rows]
     chunks = plan_chunks(lengths, job.batch_size, job.chunk_tokens, job.chunk_texts)
     paths = [parts / chunk_name(w, j, len(chunks), len(idx)) for j, idx in enumerate(chunks)]
     if measured is not None:
@@ -57,6 +44,8 @@ def embed_window(model, texts, w, parts: Path, job, measured=None):
     for path, idx in zip(paths, chunks):
         if path.exists():
             continue
-        vectors = embed_sorted(model, [encodings[i] for i in idx], job.batch_size, job.pooling, job.normalize)
+        # Sorted already, so the core cuts the very batches plan_chunks counted: encode()'s, bit for bit.
+        vectors = embed_rows(model, [rows[i] for i in idx], job.pooling, normalize=job.normalize,
+                             max_batch_size=job.batch_size, name=lambda k, idx=idx: f"text {w * job.window + idx[k]}")
         save_chunk(path, w * job.window + np.asarray(idx, dtype=np.int64), vectors)
         yield len(idx), sum(lengths[i] for i in idx)

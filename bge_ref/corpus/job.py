@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,12 +14,12 @@ from ..embedder import POOLINGS, QUERY_INSTRUCTION
 from ..errors import InputError
 from .batches import embed_window
 from .constants import BATCH_SIZE, CHUNK_TEXTS, CHUNK_TOKENS, FORMAT, PROGRESS_EVERY, WINDOW
+from .model_files import MODEL_FILES, model_sha256
 from .progress import Progress
 from .readers import Source, open_source, scan, sha256_file, window_texts
 from .store import (CorpusError, Paths, assemble, check_committed, committed, fsync_dir, lines_npy, locked,
                     read_manifest, window_complete, write_json_atomic)
 
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 @dataclass(frozen=True)
@@ -71,20 +70,6 @@ def mismatch(old: dict, new: Job, keys) -> str | None:
                 a, b = repr(a), repr(b)
             return f"{NAMES.get(k, repr(k))} differs ({a} then, {b} now)"
     return None
-
-
-def sha256_files(paths) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).name.encode() + b"\0")
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
-def model_sha256(directory: Path) -> str:
-    return sha256_files(Path(directory) / n for n in MODEL_FILES)
 
 
 def make_job(src: Source, model, pooling, query, *, skip_bad, window, batch_size, chunk_tokens,

