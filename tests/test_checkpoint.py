@@ -185,7 +185,7 @@ def test_huge_or_wrong_sizes_are_refused_promptly_in_bounded_memory(ckpt, change
     t0 = time.perf_counter()  # the config and weights part alone (load() also reads the tokenizer)
     with pytest.raises(CheckpointError, match=message):
         load_params(ckpt / "model.safetensors", BertConfig.from_json(ckpt / "config.json"))
-    assert time.perf_counter() - t0 < 1.0  # a hang (the old load built 10^9 layer tables) is far beyond this
+    assert time.perf_counter() - t0 < 10.0  # a hang guard, not a speed figure: the old load built 10^9 layer tables
 
 
 def test_header_checked_before_any_tensor_data(ckpt):
