@@ -167,3 +167,12 @@ def test_corpus_guide_states_the_defaults():
     for stated in (f"`--chunk-tokens` tokens, default {c.CHUNK_TOKENS}, and {c.CHUNK_TEXTS} texts",
                    f"`--progress-every` seconds (default {c.PROGRESS_EVERY:g})"):
         assert stated in text, f"docs/guide/corpus.md should say: {stated}"
+
+
+@pytest.mark.quick
+def test_verify_guide_states_the_tolerance_table():
+    from bge_ref.verify import TOLERANCES
+    text = (DOCS / "guide" / "verify.md").read_text(encoding="utf-8")
+    stated = {m[0]: {"hidden": float(m[1]), "embedding": float(m[2])}
+              for m in re.findall(r"^\| `(\w+)` \| ([^ |]+) \| ([^ |]+) \|", text, re.M)}
+    assert stated == TOLERANCES, "docs/guide/verify.md's tolerance table should be bge_ref.verify.TOLERANCES"
