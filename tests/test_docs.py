@@ -128,6 +128,13 @@ def test_openapi_markdown_renders_a_small_spec():
 
 
 @pytest.mark.quick
+def test_field_descriptions_keep_brackets_as_text():
+    # `[head][query token]` would be a markdown reference link: mkdocs --strict fails on its missing target
+    prose = hooks()._prose('[head][query token]: see [the guide](x.md), `["[CLS]"]` as is')
+    assert prose == '\\[head]\\[query token]: see [the guide](x.md), `["[CLS]"]` as is'
+
+
+@pytest.mark.quick
 def test_links_between_pages_resolve():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+\.(?:md|png))(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
