@@ -254,10 +254,3 @@ def tokenize(model, group: Group, truncate=True) -> list[Tokens]:
 def embed_group(model, group: Group, rows: list[Tokens]) -> np.ndarray:
     """A group's tokenized rows embedded as encode() embeds texts: (n, D), L2-normalized."""
     return embed_rows(model, rows, group.pooling, name=lambda i: f"{group.where}[{i}]")
-
-
-def embed_batch(model, rows, poolings) -> np.ndarray:
-    """One batch already cut by the caller (the server's worker): (B, D) L2-normalized vectors, each row
-    pooled its own way. Rows are not checked for NaN here: the worker fails only the requests whose
-    rows are non-finite, not every request sharing the batch."""
-    return embed_rows(model, rows, poolings, max_batch_size=len(rows), check_finite=False)

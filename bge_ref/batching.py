@@ -9,7 +9,8 @@ returned: it is a NumericalError naming the rows.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -24,21 +25,38 @@ def row_ids(row) -> Sequence[int]:
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
     """Row indices per batch: sorted by length (a stable sort, so rows of one length keep their order
-    and a list already sorted is cut as it stands), at most max_batch_size rows and, when given,
-    max_batch_tokens real tokens per batch (a row longer than the budget gets a batch of its own).
-    The fast forward computes real tokens only, so the budget counts real tokens, not padded ones."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches, batch, tokens = [], [], 0
-    for i in order:
-        if batch and (len(batch) == max_batch_size or
-                      (max_batch_tokens is not None and tokens + lengths[i] > max_batch_tokens)):
-            batches.append(batch)
-            batch, tokens = [], 0
-        batch.append(i)
-        tokens += lengths[i]
-    if batch:
-        batches.append(batch)
+    and a list already sorted is cut as it stands), each batch as many of the next rows as `fit`
+    lets in (at most max_batch_size rows and, when given, max_batch_tokens real tokens)."""
+    order = length_order(lengths)
+    ordered = [lengths[i] for i in order]
+    batches, start = [], 0
+    while start < len(order):
+        n = fit(islice(ordered, start, None), max_batch_size, max_batch_tokens)
+        batches.append(order[start:start + n])
+        start += n
     return batches
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices shortest first, a stable sort: rows of one length keep their order."""
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+
+def fit(lengths: Iterable[int], max_batch_size: int, max_batch_tokens: int | None = None, *,
+        rows: int = 0, tokens: int = 0) -> int:
+    """The batching rule: how many of the next rows (their lengths, in order) join a batch already
+    holding `rows` rows of `tokens` real tokens, within max_batch_size rows and, when given,
+    max_batch_tokens real tokens. An empty batch takes the first row however long (a row longer
+    than the budget gets a batch of its own). The fast forward computes real tokens only, so the
+    budget counts real tokens, not padded ones. The server's worker uses it to top a batch up."""
+    k = 0
+    for n in lengths:
+        if (rows or k) and (rows + k >= max_batch_size or
+                            (max_batch_tokens is not None and tokens + n > max_batch_tokens)):
+            break
+        tokens += n
+        k += 1
+    return k
 
 
 def pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:

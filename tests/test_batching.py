@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import bge_ref
-from bge_ref import api
-from bge_ref.batching import embed_rows, pad, plan_batches
+from bge_ref.batching import embed_rows, fit, pad, plan_batches
 from bge_ref.errors import NumericalError
 from bge_ref.testing.checkpoints import TINY_CONFIG, make_random_checkpoint
 
@@ -28,6 +27,15 @@ def test_plan_sorts_by_length_and_cuts_at_size_and_real_tokens():
     assert plan_batches([20, 2], 10, max_batch_tokens=8) == [[1], [0]]  # longer than the budget: alone
     assert plan_batches([], 4) == []
     assert plan_batches([2, 2, 3, 7], 3) == [[0, 1, 2], [3]]            # a sorted list is cut as it stands
+
+
+def test_fit_tops_a_batch_up_by_the_same_rule():
+    """The server's worker tops a round's last batch up with fit; plan_batches cuts with it too."""
+    assert fit([3, 3, 4, 5], 10, 10) == 3                                # an empty batch: 3+3+4
+    assert fit([3, 3, 4], 10, 10, rows=1, tokens=5) == 1                 # 5 already in: +3, not +3 more
+    assert fit([1, 1, 1], 4, rows=2, tokens=50) == 2                     # no budget: up to 4 rows
+    assert fit([20], 10, 8) == 1 and fit([20], 10, 8, rows=1, tokens=1) == 0  # too long: only alone
+    assert fit([2, 2], 0) == 1                                           # an empty batch takes one, always
 
 
 def test_pad_right_pads_with_the_pad_id():
@@ -108,8 +116,8 @@ def test_hosted_apis_never_return_non_finite_vectors(nan_model):
     hello = nan_model.token_ids(["hello"])[0][1]
     with pytest.raises(NumericalError, match=r"input\[1\]"):
         nan_model.openai_embeddings({"input": [[2000], [hello, 2001]]})
-    # The server's per-batch call leaves the check to its worker, which fails only the requests concerned.
+    # check_finite=False leaves the check to the server's worker, which fails only the requests concerned.
     rows = nan_model.token_ids(["hello", "fine"])
-    assert np.isfinite(api.embed_batch(nan_model, rows, ["cls", "cls"])).all(axis=1).tolist() == [False, True]
+    assert np.isfinite(embed_rows(nan_model, rows, "cls", check_finite=False)).all(axis=1).tolist() == [False, True]
     with pytest.raises(NumericalError, match=r"rows\[0\]"):
         embed_rows(nan_model, rows, "cls")

@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 from bge_ref import api
+from bge_ref.errors import NumericalError
 from bge_ref.server import batcher
 
 from .serving import MORE
+from .test_batching import nan_model  # noqa: F401 (a fixture)
 from .test_server import STORIES
 
 pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
@@ -52,3 +54,24 @@ def test_worker_budget_counts_real_tokens(minilm, monkeypatch):
     np.testing.assert_allclose(vectors, minilm.encode(texts, pooling="mean"), rtol=0, atol=1e-6)
     rows = [batcher.Row(job, 0, i, e) for i, e in enumerate(minilm.tokenizer.encode(texts))]
     assert batcher.Worker(minilm, 18, 32, batcher.Metrics())._fit([], rows) == 3  # 1 token short
+
+
+def test_a_non_finite_row_fails_only_its_own_request(nan_model, monkeypatch):
+    """In process: requests A ("hello" computes NaN) and B share one batch; A fails with a
+    NumericalError naming its text, B still gets its vectors, equal to encode()'s."""
+    worker = batcher.Worker(nan_model, 16384, 32, batcher.Metrics())
+    sizes, plain = [], worker._compute
+    monkeypatch.setattr(worker, "_compute", lambda batch: sizes.append(len(batch)) or plain(batch))
+    a = batcher.Job([api.Group(["fine", "hello there"], "cls", "text")], truncate=True)
+    b = batcher.Job([api.Group(["good text", "other"], "cls", "input")], truncate=True)
+    worker.inbox.put(a)
+    worker.inbox.put(b)
+    worker.start()
+    try:
+        (vb,), _ = b.future.result(60)
+        with pytest.raises(NumericalError, match=r"text\[1\]: the model computed a non-finite vector"):
+            a.future.result(60)
+    finally:
+        worker.stop()
+    assert sizes == [4]                                      # one shared batch
+    np.testing.assert_allclose(vb, nan_model.encode(["good text", "other"]), rtol=0, atol=1e-6)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import api
+from .. import api, batching
 from ..errors import NumericalError
 from .metrics import Metrics
 
@@ -89,12 +89,12 @@ class Worker(threading.Thread):
                     waiting += self._rows(item)
             waiting, current = self._drop_gone(waiting), self._drop_gone(current)
             if not current:
-                current, waiting = sorted(waiting, key=lambda r: len(r.tokens.ids)), []
+                current, waiting = by_length(waiting), []
             if current:
                 n = self._fit([], current)
                 batch, current = current[:n], current[n:]
                 if not current and waiting:  # the round's last batch: fill it up from the next round's
-                    waiting.sort(key=lambda r: len(r.tokens.ids))  # shortest rows
+                    waiting = by_length(waiting)  # shortest rows
                     k = self._fit(batch, waiting)
                     batch, waiting = batch + waiting[:k], waiting[k:]
                 self._compute(batch)
@@ -121,16 +121,9 @@ class Worker(threading.Thread):
         return kept
 
     def _fit(self, batch: list[Row], rows: list[Row]) -> int:
-        """How many of the rows can join the batch within max_batch_size rows and max_batch_tokens
-        real tokens; a new batch (empty) takes at least one, however long."""
-        tokens, k = sum(len(r.tokens.ids) for r in batch), 0
-        if not batch and rows:
-            tokens, k = len(rows[0].tokens.ids), 1
-        while (len(batch) + k < self.max_batch_size and k < len(rows)
-               and tokens + len(rows[k].tokens.ids) <= self.max_batch_tokens):
-            tokens += len(rows[k].tokens.ids)
-            k += 1
-        return k
+        """How many of the rows (sorted) can join the batch: the core's rule, batching.fit."""
+        return batching.fit((len(r.tokens.ids) for r in rows), self.max_batch_size, self.max_batch_tokens,
+                            rows=len(batch), tokens=sum(len(r.tokens.ids) for r in batch))
 
     def _compute(self, batch: list[Row]):
         now = time.monotonic()
@@ -139,8 +132,10 @@ class Worker(threading.Thread):
                 r.job.started = True
                 self.metrics.observe("bge_ref_queue_seconds", now - r.job.arrived)
         try:
-            vectors = api.embed_batch(self.model, [r.tokens for r in batch],
-                                      [r.job.groups[r.group].pooling for r in batch])  # (B, D)
+            # One batch as cut above (so max_batch_size=len(batch)); NaN is checked below, per request.
+            vectors = batching.embed_rows(self.model, [r.tokens for r in batch],
+                                          [r.job.groups[r.group].pooling for r in batch],
+                                          max_batch_size=len(batch), check_finite=False)  # (B, D)
         except Exception as e:  # a bug, not bad input: fail these requests, keep serving
             for job in {id(r.job): r.job for r in batch}.values():
                 fail(job.future, e)
@@ -162,6 +157,11 @@ class Worker(threading.Thread):
             job.remaining -= 1
             if job.remaining == 0:
                 resolve(job.future, lambda: ([np.stack(g) for g in job.vectors], job.tokens))
+
+
+def by_length(rows: list[Row]) -> list[Row]:
+    """Rows shortest first, in the core's order (batching.length_order), as encode() sorts a chunk."""
+    return [rows[i] for i in batching.length_order([len(r.tokens.ids) for r in rows])]
 
 
 def resolve(future: Future, fn):
