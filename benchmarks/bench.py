@@ -1,7 +1,7 @@
-"""bge_ref against its peers on this machine, side by side in one run (issue #4).
+"""bge_ref against its peers on this machine, side by side in one run.
 
     python benchmarks/bench.py                 # print the table
-    python benchmarks/bench.py --write-readme  # and replace README's performance region with it
+    python benchmarks/bench.py --write-readme  # and replace the performance region of docs/reports/performance.md with it
 
 Peers, all on the same number of threads: transformers' BertModel (eager, its default attention),
 sentence-transformers' encode (same batch size), ONNX Runtime (the BertModel exported to ONNX) if it
@@ -241,7 +241,7 @@ def float16_cosine(path, n) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions per peer and workload (best kept)")
-    ap.add_argument("--write-readme", action="store_true", help="replace README.md's performance region")
+    ap.add_argument("--write-readme", action="store_true", help="replace the performance region of docs/reports/performance.md")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--full", action="store_true",
                     help="also the corpus and onnxruntime on bge-large size (slow: ~10 min per peer on 2 cores)")
@@ -320,23 +320,23 @@ def main():
 
 
 def goal_table(measured, rss, weight_bytes, cold, cos) -> list[str]:
-    """The issue's goals against this run's numbers, met or not."""
+    """The performance targets against this run's numbers, met or not."""
     def get(big, workload, key):
         return measured.get((big, workload), {}).get(key)
     corpus_big = get(True, "corpus", "sentence-transformers") is not None
     goals = [
-        ("#14: corpus: speed vs sentence-transformers" + ("" if corpus_big else " (all-MiniLM-L6-v2)"), ">= 0.9x",
+        ("corpus: speed vs sentence-transformers" + ("" if corpus_big else " (all-MiniLM-L6-v2)"), ">= 0.9x",
          get(corpus_big, "corpus", "sentence-transformers"), 0.9, "x"),
-        ("#4: bge-large size 8x128: speed vs transformers eager", ">= 1.15x", get(True, "8x128", "transformers eager"), 1.15, "x"),
-        ("#4: corpus: speed vs sentence-transformers" + ("" if corpus_big else " (all-MiniLM-L6-v2)"), ">= 1.0x",
+        ("bge-large size 8x128: speed vs transformers eager", ">= 1.15x", get(True, "8x128", "transformers eager"), 1.15, "x"),
+        ("corpus: speed vs sentence-transformers" + ("" if corpus_big else " (all-MiniLM-L6-v2)"), ">= 1.0x",
          get(corpus_big, "corpus", "sentence-transformers"), 1.0, "x"),
-        ("#4: bge-large size 8x128: matmul GFLOP/s, share of the machine's", ">= 85%", get(True, "8x128", "gflops%"), 0.85, "%"),
-        ("#4: cold start vs sentence-transformers", "<= 0.15x", cold["bge_ref"] / cold["sentence-transformers"], -0.15, "x"),
-        ("#4: peak RSS at 8x128 vs float32 weight bytes", "<= 1.25x", rss["bge_ref"] / weight_bytes, -1.25, "x"),
-        ("#4: float16 weights: peak RSS vs float32 mode", "<= 0.65x", rss["bge_ref float16"] / rss["bge_ref"], -0.65, "x"),
-        ("#4: float16 weights: cosine to float32 embeddings", ">= 0.9999", cos, 0.9999, ""),
+        ("bge-large size 8x128: matmul GFLOP/s, share of the machine's", ">= 85%", get(True, "8x128", "gflops%"), 0.85, "%"),
+        ("cold start vs sentence-transformers", "<= 0.15x", cold["bge_ref"] / cold["sentence-transformers"], -0.15, "x"),
+        ("peak RSS at 8x128 vs float32 weight bytes", "<= 1.25x", rss["bge_ref"] / weight_bytes, -1.25, "x"),
+        ("float16 weights: peak RSS vs float32 mode", "<= 0.65x", rss["bge_ref float16"] / rss["bge_ref"], -0.65, "x"),
+        ("float16 weights: cosine to float32 embeddings", ">= 0.9999", cos, 0.9999, ""),
     ]
-    out = ["| goal (issue) | target | this run | met |", "| --- | --- | --- | --- |"]
+    out = ["| measure | target | this run | met |", "| --- | --- | --- | --- |"]
     for name, target, value, bound, unit in goals:
         if value is None:
             out.append(f"| {name} | {target} | not measured | - |")

@@ -1,8 +1,8 @@
 """Where the fast forward's time goes in one 8 x 128 forward of each benchmark model, against the bare
-BLAS time of its own projections (issue #14's goal: the forward at most 1.2x that).
+BLAS time of its own projections (the target: the forward at most 1.2x that).
 
     python benchmarks/breakdown.py                 # print the tables
-    python benchmarks/breakdown.py --write-readme  # and replace README's profile region with them
+    python benchmarks/breakdown.py --write-readme  # and replace the profile region of docs/reports/performance.md with them
 
 Each block function of bge_ref.fast (the default forward) is timed, inclusive, over all layers. The
 blocks after attention run on every core at once, each core on its own rows, so their thread-seconds
@@ -165,7 +165,7 @@ def report(name, path, B=8, S=128, repeat=5) -> tuple[str, float]:
         f"{max(total - sum(bare.values()), 0) / total:.0%} |",
         "",
         f"Uninstrumented, the forward takes {plain:.3f} s: **{ratio:.2f}x the bare BLAS time of its own projections** "
-        f"({blas:.3f} s, timed interleaved with it; the goal is at most 1.20x). transformers' forward takes {torch_total:.3f} s, its Linear "
+        f"({blas:.3f} s, timed interleaved with it; the target is at most 1.20x). transformers' forward takes {torch_total:.3f} s, its Linear "
         f"layers alone {torch_mm:.3f} s ({torch_total / torch_mm:.2f}x). bge_ref runs at "
         f"**{torch_total / plain:.2f}x** transformers' speed; with every non-matmul operation free it would run at "
         f"{torch_total / blas:.2f}x.",

@@ -1,7 +1,7 @@
-"""embed-corpus against encode() on the same texts, and on a local Ray cluster (issue #15).
+"""embed-corpus against encode() on the same texts, and on a local Ray cluster.
 
     python benchmarks/corpus_bench.py                 # print the table
-    python benchmarks/corpus_bench.py --write-readme  # and replace README's corpus region with it
+    python benchmarks/corpus_bench.py --write-readme  # and replace the corpus region of docs/reports/corpus.md with it
 
 On all-MiniLM-L6-v2, one generated corpus (seeded): encode() on the list in this process, then
 `embed-corpus` on the same texts as a .txt file (its whole job: hashing, the scan, reading, chunks
@@ -104,14 +104,14 @@ def table(texts, tokens, rows, memory, args) -> str:
         out.append(f"| {name} | {t:.1f} | {tokens / t:,.0f} | {t_encode / t:.2f}x |")
     overhead = t_job / t_encode - 1
     out += ["", f"Machinery of the local job (hash, scan, reading twice, tokenizing for the sort, chunks on disk, "
-            f"assembly) against `encode()`: **{overhead:+.1%}** (goal: at most +5%: "
+            f"assembly) against `encode()`: **{overhead:+.1%}** (target: at most +5%: "
             f"{'met' if overhead <= 0.05 else '**not met**'})."]
     if memory:
         base, peak = memory
         out += ["", f"Memory: `embed-corpus` over {args.memory_lines:,} short lines (3 words; the tiny random "
                 f"model of the tests, so that the job's machinery, not the forward, is measured), batch size 1024, "
                 f"in a fresh process: peak RSS {peak:.0f} MB, **{peak - base:.0f} MB above** the {base:.0f} MB "
-                f"with the model loaded and one batch run (goal: at most 300 MB)."]
+                f"with the model loaded and one batch run (target: at most 300 MB)."]
     return "\n".join(out)
 
 
@@ -124,7 +124,7 @@ def main():
     ap.add_argument("--ray-window", type=int, default=256,
                     help="texts per window on Ray (a window is an actor's unit of work: 2 actors need 2 or more)")
     ap.add_argument("--memory-lines", type=int, default=1_000_000, help="lines of the memory run (0: skip it)")
-    ap.add_argument("--write-readme", action="store_true", help="replace README.md's corpus region")
+    ap.add_argument("--write-readme", action="store_true", help="replace the corpus region of docs/reports/corpus.md")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

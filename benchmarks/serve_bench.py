@@ -1,7 +1,7 @@
-"""`bge-ref serve` under load against offline encode() of the same texts (issue #11).
+"""`bge-ref serve` under load against offline encode() of the same texts.
 
     python benchmarks/serve_bench.py                 # print the table
-    python benchmarks/serve_bench.py --write-readme  # and replace README's serve region with it
+    python benchmarks/serve_bench.py --write-readme  # and replace the serve region of docs/reports/serve.md with it
 
 For each model (the real all-MiniLM-L6-v2, and a seeded random checkpoint of bge-large-en-v1.5's exact
 shapes, built once with bge_ref.testing.checkpoints.make_bge_large_random in the benchmark cache directory),
@@ -210,7 +210,7 @@ def render(rows, goals, per_request, repeat) -> str:
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        "| goal (issue #11) | target | this run | met |",
+        "| measure | target | this run | met |",
         "| --- | --- | --- | --- |",
         *goals,
     ])

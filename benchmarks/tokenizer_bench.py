@@ -1,7 +1,7 @@
-"""bge_ref's pure-Python tokenizer against its peers on this machine, in one run (issue #12).
+"""bge_ref's pure-Python tokenizer against its peers on this machine, in one run.
 
     python benchmarks/tokenizer_bench.py                 # print the tables
-    python benchmarks/tokenizer_bench.py --write-readme  # and replace README's tokenizer region with them
+    python benchmarks/tokenizer_bench.py --write-readme  # and replace the tokenizer region of docs/reports/tokenizer.md with them
 
 Corpus: the standard library's pydoc_data.topics (79 texts, 460 KB of English prose, Python code and
 tables), every text whole (no truncation), [CLS] and [SEP] included. Peers: `tokenizers` on one thread
@@ -87,7 +87,7 @@ def encode_share(directory: Path, texts: list[str], repeat: int) -> dict[str, tu
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions per peer (best kept)")
-    ap.add_argument("--write-readme", action="store_true", help="replace README.md's tokenizer region")
+    ap.add_argument("--write-readme", action="store_true", help="replace the tokenizer region of docs/reports/tokenizer.md")
     args = ap.parse_args()
     from pydoc_data.topics import topics
 
@@ -132,7 +132,7 @@ def main():
         "| --- | ---: | ---: | ---: |",
         *(f"| {b} | {t:.3f} | {e:.3f} | {t / e:.1%} |" for b, (t, e) in share.items()),
         "",
-        "| goal (issue #12) | target | this run | met |",
+        "| measure | target | this run | met |",
         "| --- | --- | --- | --- |",
         f"| Python tokenizer vs transformers' pure-Python BertTokenizer | >= 1.0x | {legacy:.2f}x | "
         f"{'yes' if legacy >= 1.0 else '**no**'} |",

@@ -276,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     i.set_defaults(func=_info)
     from . import corpus  # its defaults; numpy only, as the package
-    c = sub.add_parser("embed-corpus", help="embed a .txt/.jsonl/.parquet corpus into one .npy, resumably (README)")
+    c = sub.add_parser("embed-corpus", help="embed a .txt/.jsonl/.parquet corpus into one .npy, resumably")
     c.add_argument("input", help=".txt (one text per line), .jsonl or .parquet (the --text-field)")
     c.add_argument("-o", "--output", required=True, help="OUTPUT.npy: float32 (n, D) in input order")
     c.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +127,14 @@ def _body(spec: dict, content: dict | None) -> str:
     return text + ("" if media == "application/json" else f" ({media})")
 
 
+def _prose(text) -> str:
+    """A description safe as markdown: outside code spans, a `[` that does not open a link is escaped, so
+    that `[head][query token]` (an array's axes) is not read as a reference link."""
+    parts = str(text).split("`")
+    parts[::2] = [re.sub(r"\[(?![^\]]*\]\()", r"\\[", part) for part in parts[::2]]
+    return "`".join(parts)
+
+
 def _properties_table(spec: dict, schema: dict) -> list[str]:
     """An object schema's fields: name, type, required, description."""
     schema = _resolve(spec, schema)
@@ -137,7 +146,7 @@ def _properties_table(spec: dict, schema: dict) -> list[str]:
     for name, sub in props.items():
         what = _resolve(spec, sub).get("description", "")
         lines.append(f"| `{name}` | `{_cell(schema_text(spec, sub, 1))}` | {'yes' if name in required else ''} | "
-                     f"{_cell(what)} |")
+                     f"{_cell(_prose(what))} |")
     return lines + [""]
 
 

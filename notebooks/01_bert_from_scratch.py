@@ -307,10 +307,11 @@ ax.legend(ncol=5, fontsize=8);
 # The reference works on the whole batch at once: activations are $(B, S, D)$, a projection `x @ w + b`
 # applies to every token of every text in one matrix product (NumPy broadcasts the $(D, 3D)$ weight over
 # $B$ and $S$), and `split_heads` reshapes to $(B, H, S, D_h)$, so that attention, which mixes tokens
-# *within* a text, runs for every text and every head at once. The code of the attention block:
+# *within* a text, runs for every text and every head at once. `heads_qkv` does both (one projection,
+# then the split into heads), and `self_attention` is the whole block. Its code:
 
 # %%
-show(M.linear, M.split_heads, M.self_attention)
+show(M.linear, M.split_heads, M.heads_qkv, M.self_attention)
 
 # %%
 p = model.params["layers"][0]       # layer 0: {"attn", "attn_out", "inter", "out"}, weights already (in, out)
@@ -336,11 +337,12 @@ print("per head: Q, K, V", qh.shape, "= (B, H, S, Dh)")
 # \mathrm{softmax}(z)_j = \frac{e^{z_j - \max_k z_k}}{\sum_{k} e^{z_k - \max_k z_k}}$$
 #
 # (subtracting the row maximum changes nothing mathematically and keeps `exp` from overflowing).
-# `attention` computes this and multiplies by $V$ in one go; to look at the probabilities, we run its
-# first line here, then its `softmax`.
+# `attention_probs` computes $A^{(h)}$, and `attention` multiplies it by $V$. To look at the
+# probabilities step by step, we compute `attention_probs`' scores here, then its `softmax`, and check
+# the result against `attention_probs` itself.
 
 # %%
-show(M.attention_mask_bias, M.softmax, M.attention)
+show(M.attention_mask_bias, M.softmax, M.attention_probs, M.attention)
 
 # %%
 bias = M.attention_mask_bias(mask, x0.dtype)                   # (B, 1, 1, S), broadcast over heads and queries
@@ -354,6 +356,7 @@ print("text 1, head 0, query 0 scores on the real keys:", np.round(scores[1, 0, 
 print("text 1, head 0, query 0 attends with", np.round(probs[1, 0, 0], 3))
 assert (probs[1][..., mask[1] == 0] == 0).all()                 # padded keys get exactly zero weight
 assert np.allclose(probs.sum(-1), 1, atol=1e-6)
+assert (probs == M.attention_probs(qh, kh, bias)).all()        # the same steps as the reference block
 real_queries = real[:, None, :].repeat(H, axis=1)              # (B, H, S): rows of real query tokens
 check("softmax probabilities  vs  output_attentions", probs, ref_attention[0], tokens=real_queries);
 

@@ -1,4 +1,4 @@
-"""Measure the `bge-ref compare --tolerance` presets; write README.md's compare-tolerances region.
+"""Measure the `bge-ref compare --tolerance` presets; write the compare-tolerances region of docs/reports/verification.md.
 
     HF_HUB_OFFLINE=1 python scripts/compare_tolerances.py [--no-large] [--no-write]
 
@@ -18,7 +18,8 @@ Each preset must cover the worst stage of its implementations on both models wit
 the script prints the measured table, says which preset lacks that margin and exits 1 if one does.
 Also writes the compare-example region: `bge-ref compare` on a MiniLM dump from transformers run with
 the tanh GELU (hidden_act="gelu_new"), a typical bug. Replaces only the text between the
-compare-tolerances and compare-example markers of README.md. About 8 minutes, 6 GB.
+compare-tolerances and compare-example markers, on the pages bge_ref.testing.readme.PAGES names
+(docs/reports/verification.md, docs/tutorials/verifier.md). About 8 minutes, 6 GB.
 """
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def example(tmp: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--readme", default=str(ROOT / "README.md"))
-    p.add_argument("--no-write", action="store_true", help="print the region instead of writing README")
+    p.add_argument("--no-write", action="store_true", help="print the regions instead of writing them to their docs pages")
     p.add_argument("--no-large", action="store_true", help="MiniLM only (the bge-large-size model takes ~4 min)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)

@@ -1,12 +1,13 @@
-"""Measure bge_ref against transformers and write the tables into README.md's verification region.
+"""Measure bge_ref against transformers and write the tables into the verification region of
+docs/reports/verification.md.
 
-    python scripts/verification_report.py [--readme README.md] [--no-write]
+    python scripts/verification_report.py [--no-write]
 
 Runs bge_ref and transformers' BertModel, float32 and float64, on (1) the real all-MiniLM-L6-v2 and
 (2) a bge-large-size random model (24 x 1024, scaled weights) with a padded batch holding a 512-token
 text; then the float64 oracle study (each float32 implementation against bge_ref float64). Replaces
 only the text between the `<!-- BEGIN verification` and `<!-- END verification -->` markers, with a
-read-modify-write right at the end (others write other regions of README.md). About 4 minutes, 6 GB.
+read-modify-write right at the end (other scripts write other regions of the page). About 4 minutes, 6 GB.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def render(res, stats, seconds, kernels) -> str:
         "",
         "### The float64 oracle",
         "",
-        "bge_ref in float64 agrees with transformers after `model.double()` to the max abs diffs above (goal: 1e-10), "
+        "bge_ref in float64 agrees with transformers after `model.double()` to the max abs diffs above (target: 1e-10), "
         "so either is an oracle for the exact function of the checkpoint. Against it, the float32 error of bge_ref "
         "and of transformers, per stage, bge-large size:",
         "",
@@ -170,7 +171,7 @@ def render(res, stats, seconds, kernels) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--readme", default=str(ROOT / "README.md"))
-    p.add_argument("--no-write", action="store_true", help="print the region instead of writing README")
+    p.add_argument("--no-write", action="store_true", help="print the region instead of writing it to its docs page")
     p.add_argument("--ratios-json", help=argparse.SUPPRESS)  # child run on a forced kernel: write the ratios only
     args = p.parse_args(argv)
     import torch

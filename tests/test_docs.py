@@ -128,6 +128,13 @@ def test_openapi_markdown_renders_a_small_spec():
 
 
 @pytest.mark.quick
+def test_field_descriptions_keep_brackets_as_text():
+    # `[head][query token]` would be a markdown reference link: mkdocs --strict fails on its missing target
+    prose = hooks()._prose('[head][query token]: see [the guide](x.md), `["[CLS]"]` as is')
+    assert prose == '\\[head]\\[query token]: see [the guide](x.md), `["[CLS]"]` as is'
+
+
+@pytest.mark.quick
 def test_links_between_pages_resolve():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+\.(?:md|png))(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
@@ -167,3 +174,12 @@ def test_corpus_guide_states_the_defaults():
     for stated in (f"`--chunk-tokens` tokens, default {c.CHUNK_TOKENS}, and {c.CHUNK_TEXTS} texts",
                    f"`--progress-every` seconds (default {c.PROGRESS_EVERY:g})"):
         assert stated in text, f"docs/guide/corpus.md should say: {stated}"
+
+
+@pytest.mark.quick
+def test_verify_guide_states_the_tolerance_table():
+    from bge_ref.verify import TOLERANCES
+    text = (DOCS / "guide" / "verify.md").read_text(encoding="utf-8")
+    stated = {m[0]: {"hidden": float(m[1]), "embedding": float(m[2])}
+              for m in re.findall(r"^\| `(\w+)` \| ([^ |]+) \| ([^ |]+) \|", text, re.M)}
+    assert stated == TOLERANCES, "docs/guide/verify.md's tolerance table should be bge_ref.verify.TOLERANCES"

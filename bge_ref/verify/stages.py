@@ -1,7 +1,7 @@
 """Comparing two forward passes stage by stage, with NumPy alone: `compare_stages` and its Report.
 
-A forward pass is a dict of named arrays, the activation layout a dump file holds (README, "Verify
-your own implementation"); B texts, S tokens (padded), D hidden size, L layers:
+A forward pass is a dict of named arrays, the activation layout a dump file holds (docs/guide/verify.md,
+"The layout"); B texts, S tokens (padded), D hidden size, L layers:
 
     input_ids, attention_mask, token_type_ids    (B, S) int     the tokenized, right-padded batch
     hidden_states.0                              (B, S, D)      the embeddings output (after its LayerNorm)
