@@ -114,9 +114,11 @@ class Embedder:
         return encodings
 
     # -- the model ---------------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask, token_type_ids=None, *, output_hidden_states=False):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, *, output_hidden_states=False, cls_only=False):
         """Run the encoder on token ids (B, S): the last hidden state (B, S, D), and with
-        output_hidden_states=True also the L+1 hidden states (embeddings, then each layer)."""
+        output_hidden_states=True also the L+1 hidden states (embeddings, then each layer).
+        cls_only=True may return the [CLS] rows alone, (B, 1, D) (the fast path's last layer then
+        computes only them: fast.bert)."""
         input_ids = self._ids("input_ids", input_ids, self.config.vocab_size)
         attention_mask = self._ids("attention_mask", attention_mask, 2, like=input_ids)
         if token_type_ids is None:
@@ -125,8 +127,9 @@ class Embedder:
         if not attention_mask[:, 0].all():
             raise InputError("attention_mask: every sequence needs its first token ([CLS]) unmasked; "
                              "bge_ref expects right padding")
+        kw = {"cls_only": True} if cls_only and self.forward_path == "fast" and not output_hidden_states else {}
         last, states = FORWARDS[self.forward_path](input_ids, attention_mask, token_type_ids, self.params,
-                                                   self.config, output_hidden_states)
+                                                   self.config, output_hidden_states, **kw)
         return (last, states) if output_hidden_states else last
 
     def _ids(self, name, a, upper, like=None):
@@ -186,7 +189,8 @@ class Embedder:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.pad([encodings[i] for i in idx])
-                hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                hidden = self.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                      cls_only=pooling == "cls")
                 pooled = self.pool(hidden, batch["attention_mask"], pooling)  # (b, D)
                 out[[lo + i for i in idx]] = l2_normalize(pooled) if normalize else pooled  # row by row: per batch
         return out[0] if single else out
