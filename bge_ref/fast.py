@@ -9,7 +9,12 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
 - each core owns a share of the token rows: it multiplies them with BLAS single-threaded, then does
   their bias, residual, GELU and LayerNorm right away, ROWS_BLOCK rows at a time (`layer`). So the
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
-  core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead;
+  core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
+  Below FEW_ROWS token rows (a query or a few) the forward is bound by reading the weights, and
+  that layout would have every core stream every weight matrix: there each projection's output
+  columns are split over the cores instead (gemm.on_blocks), so each core reads its own part;
+- with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
+  FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
   smaller BLAS calls, 2-3x slower), its bias added in place; its input dimension is summed in chunks
   of 128 (gemm.py), which keeps the float32 error under transformers' own on any OpenBLAS kernel;
