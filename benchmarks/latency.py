@@ -62,7 +62,7 @@ def texts(kind, n, seed=0) -> list[str]:
     rng = np.random.default_rng(seed)
     if kind == "query":
         return [QUERY if i == 0 else " ".join(rng.choice(words, 8)) + "?" for i in range(n)]
-    return [" ".join(rng.choice(words, 100)) + "." for _ in range(n)]  # ~126 wordpieces
+    return [" ".join(rng.choice(words, 125)) + "." for _ in range(n)]  # 128 tokens: one wordpiece a word
 
 
 def best(fns: dict, repeat: int) -> dict:
