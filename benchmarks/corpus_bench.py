@@ -86,7 +86,7 @@ def run(args):
     memory = None
     if args.memory_lines:
         from tests.checkpoints import TINY_CONFIG, make_random_bert
-        from tests.test_corpus import corpus_job_rss
+        from tests.test_corpus_job import corpus_job_rss
         tiny, _ = make_random_bert(work / "tiny", TINY_CONFIG, seed=0)
         memory = corpus_job_rss(tiny, args.memory_lines, work)
     return texts, tokens, rows, memory

@@ -69,7 +69,14 @@ def parse_run(inputs) -> Parsed:
     reqs = inputs["requests"]
     if not isinstance(reqs, list) or not reqs:
         raise bad("requests", "'requests' must be a non-empty list of {\"text\": ...} objects")
-    return Parsed([_run_group(r, f"requests[{i}]") for i, r in enumerate(reqs)], batched=True)
+    groups, total = [], 0
+    for i, r in enumerate(reqs[:API_MAX_TEXTS + 1]):  # each entry holds a text at least: stop early
+        groups.append(_run_group(r, f"requests[{i}]"))
+        total += len(groups[-1].items)
+        if total > API_MAX_TEXTS:
+            raise bad("requests", f"requests: more than {API_MAX_TEXTS} texts in all (in {len(reqs)} entries); "
+                                  f"a request holds at most {API_MAX_TEXTS} texts, its 'requests' included")
+    return Parsed(groups, batched=True)
 
 
 def _run_group(r, where) -> Group:
@@ -107,9 +114,11 @@ def run(model, inputs: dict) -> dict:
 
 
 # -- OpenAI: {"input": str | [str] | [int] | [[int]], ...} ------------------------------------------
-def parse_openai(body, *, pooling: str, hidden_size: int, vocab_size: int, served=None) -> Parsed:
+def parse_openai(body, *, pooling: str, hidden_size: int, vocab_size: int, served=None,
+                 unused_ids=frozenset()) -> Parsed:
     """OpenAI's embeddings request. `served` lists the model names accepted (None: any); a missing
-    `model` means the first of them. Token ids must lie in [0, vocab_size)."""
+    `model` means the first of them. Token ids must lie in [0, vocab_size) and be none of
+    `unused_ids` (the vocabulary's [unusedN] tokens, which its tokenizer never produces)."""
     if not isinstance(body, dict):
         raise bad("", f"the body must be a JSON object, got {type(body).__name__}")
     model = body.get("model")  # checked first: an unknown model is a 404 whatever else is wrong
@@ -135,11 +144,11 @@ def parse_openai(body, *, pooling: str, hidden_size: int, vocab_size: int, serve
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise bad("user", f"user must be a str, got {type(user).__name__}")
-    items = _openai_inputs(body["input"], vocab_size)
+    items = _openai_inputs(body["input"], vocab_size, unused_ids)
     return Parsed([Group(items, pooling, "input")], model=model, encoding_format=fmt)
 
 
-def _openai_inputs(x, vocab_size) -> list:
+def _openai_inputs(x, vocab_size, unused_ids=frozenset()) -> list:
     """str | [str] | [int] | [[int]] -> a list of str, or a list of token-id lists."""
     if isinstance(x, str):
         x = [x]
@@ -171,6 +180,11 @@ def _openai_inputs(x, vocab_size) -> list:
                 raise bad("input", f"{where}[{j}] is a {type(t).__name__}, not a token id (int)")
             if not 0 <= t < vocab_size:
                 raise bad("input", f"{where}[{j}]: token id {t} is out of range [0, {vocab_size})")
+            if t in unused_ids:
+                raise bad("input", f"{where}[{j}]: token id {t} is an [unused] token, which this model's tokenizer "
+                                   "never produces: these look like another tokenizer's ids (OpenAI's tiktoken, "
+                                   "say). Send the texts instead; LangChain's OpenAIEmbeddings sends tiktoken ids "
+                                   "unless given check_embedding_ctx_length=False")
     return [list(ids) for ids in x]
 
 

@@ -1,8 +1,10 @@
 """Command line: `bge-ref embed`, `info`, `serve`, and the checks `verify`, `reference`, `compare`.
 
 One convention for every subcommand: output on stdout; an error is one line on stderr,
-`bge-ref: error: <message naming the text, line, field or file>`, and exit status 2 (as argparse
-uses for bad arguments); exit status 1 means the command ran and its check failed (verify, compare).
+`bge-ref: error: <message naming the text, line, field, file or flag>`, and exit status 2, the same for
+bad arguments (`BgeRefParser.error`); exit status 1 means the command ran and its check failed (verify,
+compare); Ctrl-C is one line, `bge-ref: interrupted`, and exit status 130 (128 + SIGINT, as shells use).
+`parser()` returns the whole argument parser (docs/hooks.py renders the CLI reference from it).
 """
 from __future__ import annotations
 
@@ -16,22 +18,30 @@ from pathlib import Path
 from .errors import BgeRefError, InputError
 
 
+STDIN_HINT = "bge-ref embed: reading texts from the terminal, one per line; end with Ctrl-D (or pass TEXT arguments)"
+
+
 def _stdin_lines(skip_blank: bool) -> tuple[list[str], list[int]]:
     """Lines of stdin decoded as UTF-8, and their 1-based line numbers.
 
     Output rows must line up with input lines, so a blank line is an error naming it, unless
-    skip_blank drops it (the numbers then say which lines the rows belong to)."""
-    lines, numbers = [], []
+    skip_blank drops it (the numbers then say which lines the rows belong to). Blank lines at the very
+    end (an editor's or `echo`'s trailing newline) end the input: no row is lost by ignoring them."""
+    if sys.stdin.isatty():  # a person at a terminal would otherwise wait on a silent command
+        print(STDIN_HINT, file=sys.stderr, flush=True)
+    lines, numbers, blank = [], [], None  # blank: the first blank line not yet followed by a text
     for n, raw in enumerate(sys.stdin.buffer, 1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
             raise InputError(f"stdin line {n} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
         if not line.strip():
-            if skip_blank:
-                continue
-            raise InputError(f"stdin line {n} is blank; every line is one text (pass --skip-blank to drop "
+            blank = blank or n
+            continue
+        if blank and not skip_blank:
+            raise InputError(f"stdin line {blank} is blank; every line is one text (pass --skip-blank to drop "
                              "blank lines; the output's \"lines\" then lists the line of each row)")
+        blank = None
         lines.append(line)
         numbers.append(n)
     return lines, numbers
@@ -79,33 +89,50 @@ def _embed_corpus(args) -> int:
 
 def _serve(args) -> int:
     from .embedder import load
-    from .server import Settings, serve, served_names  # a BgeRefError naming the serve extra if it is missing
-    for flag in ("max_batch_tokens", "max_batch_size", "max_concurrent_requests", "max_body_bytes"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    from .server import Settings, bind, serve, served_names  # a BgeRefError naming the serve extra if missing
+    for flag in ("max_batch_tokens", "max_batch_size", "max_concurrent_requests", "max_connections",
+                 "max_body_bytes", "body_timeout"):
+        if not getattr(args, flag) > 0:
+            raise InputError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    sock = bind(args.host, args.port)  # a busy port is an error before the model loads
     model = load(args.model, dtype=args.dtype, weights_dtype=args.weights_dtype)
     settings = Settings(served=args.served_model_name or served_names(args.model, model.name),
                         api_key=args.api_key or os.environ.get("BGE_REF_API_KEY") or None,
                         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
-                        max_concurrent_requests=args.max_concurrent_requests,
-                        max_body_bytes=args.max_body_bytes, truncate=not args.no_truncate)
-    return serve(model, settings, args.host, args.port)
+                        max_concurrent_requests=args.max_concurrent_requests, max_connections=args.max_connections,
+                        max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                        truncate=not args.no_truncate, cors_allow_origins=args.cors_allow_origin or [])
+    return serve(model, settings, args.host, args.port, sock)
 
 
 def _add_serve(sub):
+    from .server.settings import DEFAULTS as D  # pure Python: no serve extra needed to build the parser
     s = sub.add_parser("serve", help="serve the hosted API's REST route and OpenAI's /v1/embeddings over HTTP")
     s.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
-                                     "(default $BGE_REF_API_KEY; none: no key)")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health and "
+                                     "/openapi.json (default $BGE_REF_API_KEY; none: no key)")
     s.add_argument("--served-model-name", action="append", metavar="NAME",
                    help="a model name clients may ask for (repeatable; replaces the default: the hub id or "
                         "directory name, plus @cf/baai/bge-large-en-v1.5 for BAAI/bge-large-en-v1.5)")
-    s.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens (batch x longest) per batch")
-    s.add_argument("--max-batch-size", type=int, default=32, help="texts per batch (encode()'s batch_size)")
-    s.add_argument("--max-concurrent-requests", type=int, default=512, help="in flight; past it, 429 at once")
-    s.add_argument("--max-body-bytes", type=int, default=2_000_000, help="larger bodies get 413 before parsing")
+    s.add_argument("--max-batch-tokens", type=int, default=D["max_batch_tokens"],
+                   help="real tokens per batch: the sum of its texts' token counts, [CLS]/[SEP] included "
+                        f"(default {D['max_batch_tokens']})")
+    s.add_argument("--max-batch-size", type=int, default=D["max_batch_size"],
+                   help=f"texts per batch (encode()'s batch_size; default {D['max_batch_size']})")
+    s.add_argument("--max-concurrent-requests", type=int, default=D["max_concurrent_requests"],
+                   help=f"embedding requests in flight; past it, 429 at once (default {D['max_concurrent_requests']})")
+    s.add_argument("--max-connections", type=int, default=D["max_connections"],
+                   help=f"open connections; past it, 503 at once (default {D['max_connections']})")
+    s.add_argument("--max-body-bytes", type=int, default=D["max_body_bytes"],
+                   help=f"larger bodies get 413 before parsing (default {D['max_body_bytes']})")
+    s.add_argument("--body-timeout", type=float, default=D["body_timeout"], metavar="SECONDS",
+                   help="a body not received within this after its headers gets 408, and a connection that sends "
+                        f"no request within this is closed (default {D['body_timeout']:g})")
+    s.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
+                   help="let browser pages from ORIGIN (e.g. https://app.example; * for any) call the server "
+                        "(repeatable; default: none, no CORS headers)")
     s.add_argument("--no-truncate", action="store_true", help="a text over the max length is a 400, not truncated")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype, as load()")
     s.add_argument("--weights-dtype", choices=["float16", "float32", "float64"], help="weight storage, as load()")
@@ -202,24 +229,51 @@ def _add_check_commands(sub):
     c.set_defaults(func=_compare)
 
 
-def main(argv=None) -> int:
+class BgeRefParser(argparse.ArgumentParser):
+    """argparse with the one-line error convention: `bge-ref: error: <what, naming the flag>`, exit 2,
+    and no usage dump (`--help` still shows it). Subparsers inherit the class."""
+
+    def error(self, message):
+        sub = self.prog.partition(" ")[2]  # "bge-ref embed" -> "embed": which --help to read
+        hint = f" (see bge-ref {sub} --help)" if sub else " (see bge-ref --help)"
+        self.exit(2, f"bge-ref: error: {message}{hint}\n")
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a positive integer, so a bad value is reported by the flag's name."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole `bge-ref` argument parser, every subcommand included."""
     from . import __version__
-    p = argparse.ArgumentParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
+    p = BgeRefParser(prog="bge-ref", description="Pure-NumPy BERT text embeddings (bge-large-en-v1.5).")
     p.add_argument("--version", action="version", version=f"bge-ref {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("embed", help="embed texts (arguments, or one per stdin line) and print JSON")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    e = sub.add_parser("embed", help="embed texts (arguments, or one per stdin line) and print JSON",
+                       description="Embed texts given as arguments, or one per line of stdin, and print "
+                                   "one JSON object: {\"shape\", \"data\", \"pooling\"}.")
     e.add_argument("text", nargs="*", help="texts to embed; read from stdin, one per line, when none")
     e.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     e.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     e.add_argument("--no-normalize", action="store_true", help="return raw pooled vectors")
     e.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction (for short queries)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
     e.add_argument("--skip-blank", action="store_true",
                    help="drop blank stdin lines (an error otherwise); the output's \"lines\" gives each row's line")
     e.set_defaults(func=_embed)
-    i = sub.add_parser("info", help="print the resolved config, pooling and max length")
-    i.add_argument("--model")
+    i = sub.add_parser("info", help="print the resolved config, pooling and max length",
+                       description="Print the checkpoint's resolved config, pooling, normalization, "
+                                   "max length and dtype as JSON.")
+    i.add_argument("--model", help="checkpoint directory or hub id (default $BGE_REF_MODEL, else bge-large-en-v1.5)")
     i.set_defaults(func=_info)
+    from . import corpus  # its defaults; numpy only, as the package
     c = sub.add_parser("embed-corpus", help="embed a .txt/.jsonl/.parquet corpus into one .npy, resumably (README)")
     c.add_argument("input", help=".txt (one text per line), .jsonl or .parquet (the --text-field)")
     c.add_argument("-o", "--output", required=True, help="OUTPUT.npy: float32 (n, D) in input order")
@@ -227,7 +281,7 @@ def main(argv=None) -> int:
     c.add_argument("--text-field", default="text", help="the .jsonl field or .parquet column (default: text)")
     c.add_argument("--pooling", choices=["cls", "mean"], help="default: the checkpoint's own")
     c.add_argument("--query", action="store_true", help="prepend bge's retrieval instruction")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=int, default=corpus.BATCH_SIZE)
     c.add_argument("--skip-bad", action="store_true",
                    help="record bad lines in OUTPUT.bad.jsonl instead of stopping (rows' lines: OUTPUT.lines.npy)")
     c.add_argument("--overwrite", action="store_true", help="delete any earlier run's output and start over")
@@ -235,21 +289,29 @@ def main(argv=None) -> int:
                    help="run on a Ray cluster: ADDRESS, else a running one, else a local one (bge-ref[ray]); "
                    "put it after INPUT, or write --ray=ADDRESS")
     c.add_argument("--actors", type=int, help="with --ray: embedding actors (default: the cluster's CPUs - 1)")
-    c.add_argument("--window", type=int, default=2048, help="texts sorted by length together (default 2048, as encode)")
-    c.add_argument("--chunk-tokens", type=int, default=8192,
-                   help="padded tokens per committed chunk: the most work a kill can lose (default 8192)")
-    c.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
-                   help="when stderr is not a terminal, a progress line this often (default 10)")
+    c.add_argument("--window", type=int, default=corpus.WINDOW,
+                   help="texts sorted by length together (default %(default)s, as encode)")
+    c.add_argument("--chunk-tokens", type=int, default=corpus.CHUNK_TOKENS,
+                   help="padded tokens per committed chunk: the most work a kill can lose (default %(default)s)")
+    c.add_argument("--progress-every", type=float, default=corpus.PROGRESS_EVERY, metavar="SECONDS",
+                   help="when stderr is not a terminal, a progress line this often (default %(default)s)")
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(func=_embed_corpus)
     _add_serve(sub)
     _add_check_commands(sub)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
     try:
+        args = parser().parse_args(argv)
         return args.func(args)
     except BgeRefError as err:
         print(f"bge-ref: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("bge-ref: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader left early (`bge-ref embed ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
         return 1

@@ -53,7 +53,7 @@ import bge_ref
 from bge_ref import model as M          # the reference blocks: embeddings, self_attention, layer, ...
 from bge_ref import wordpiece as W      # the tokenizer's stages: bert_normalizer, wordpiece, ...
 from bge_ref.hub import resolve
-from notebooks.common import MODEL, check, describe, save  # the notebooks' shared setup
+from common import MODEL, check, describe, save  # notebooks/common.py, beside this notebook
 
 directory = Path(resolve(MODEL))                           # hub cache or local checkpoint directory
 model = bge_ref.load(directory, tokenizer="python")        # float32; bge_ref's own tokenizer

@@ -33,7 +33,7 @@ import numpy as np
 
 import bge_ref
 from bge_ref.hub import resolve
-from notebooks.common import MODEL, check, describe, save  # the notebooks' shared setup
+from common import MODEL, check, describe, save  # notebooks/common.py, beside this notebook
 
 directory = resolve(MODEL)                                  # hub cache or local checkpoint directory
 model = bge_ref.load(directory)                            # float32, as embeddings are usually computed

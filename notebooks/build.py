@@ -8,7 +8,7 @@
 The `.py` files are the sources (lintable, reviewable, diffable); each `.ipynb` is built from its
 source and committed with its outputs, so a code host shows the pictures. tests/test_notebooks.py fails
 when a committed .ipynb drifts from its source. While building, BGE_REF_FIGURES points the notebooks
-at notebooks/figures/, where they save the PNGs the README embeds; without that variable (as in the
+at notebooks/figures/, where they save the PNGs that README.md and the docs site show; without that variable (as in the
 tests) the notebooks write nothing.
 """
 from __future__ import annotations

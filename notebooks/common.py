@@ -1,5 +1,5 @@
 """What the three notebooks share (each `notebooks/NN_*.py` imports it): torch and transformers
-kept quiet, the checkpoint they run on and a banner naming it, figures kept for the README, and
+kept quiet, the checkpoint they run on and a banner naming it, figures kept for the README and the docs, and
 `check`, the printed comparison every section ends with."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 MODEL = os.environ.get("BGE_REF_MODEL") or "BAAI/bge-large-en-v1.5"
-FIGURES = os.environ.get("BGE_REF_FIGURES")  # set by notebooks/build.py only: where the README's PNGs go
+FIGURES = os.environ.get("BGE_REF_FIGURES")  # set by notebooks/build.py only: where the PNGs of README.md and docs/ go
 
 
 def describe(model, directory):
@@ -41,7 +41,7 @@ def describe(model, directory):
 
 
 def save(fig, name):
-    """Keep a copy of a figure for the README when building; a plain run writes nothing."""
+    """Keep a copy of a figure for the README and the docs when building; a plain run writes nothing."""
     if FIGURES:
         fig.savefig(Path(FIGURES) / name, dpi=100, bbox_inches="tight")
 

@@ -13,7 +13,7 @@ import pytest
 
 from bge_ref.corpus import embed_corpus
 from tests.conftest import REPO, subprocess_env
-from tests.test_corpus import corpus_texts, write_txt
+from tests.corpus_helpers import corpus_texts, write_txt
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_ray_equals_the_local_command(ray_cluster, tmp_path, minilm_path, minilm
                         "--progress-every", "0"], capture_output=True, text=True, timeout=900, env=subprocess_env())
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"output": str(tmp_path / "r.npy"), "shape": [2000, 384], "skipped": 0,
-                                    "status": "complete"}
+                                    "status": "complete", "redone": 0}
     assert "embed-corpus: on Ray: 8 windows, 2 actors of 0.5 CPUs (1 BLAS thread each)" in r.stderr
     assert "embed-corpus: 100.0% 2,000/2,000 texts" in r.stderr
     np.testing.assert_allclose(np.load(tmp_path / "r.npy", mmap_mode="r"), minilm.encode(texts), atol=1e-6, rtol=0)

@@ -5,6 +5,7 @@ import ast
 import base64
 import json
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,16 +16,12 @@ import time
 import numpy as np
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
-from bge_ref import server as server_module
 
 from .conftest import subprocess_env
-from .test_embedder import MORE
+from .serving import ENV_KEY, HOSTED, KEY, MORE, NAMED, NAMES, RUN, Served, openai_error, run_error  # test_readme imports some from here
 
-KEY, ENV_KEY = "test-key-1", "env-key-2"
-HOSTED = "@cf/baai/bge-large-en-v1.5"
-NAMES = ["all-MiniLM-L6-v2", HOSTED]
+pytestmark = pytest.mark.quick  # needs the serve extra and its clients, no torch
+
 STORIES = ["This is a story about an orange cloud", "This is a story about a llama",
            "This is a story about a hugging emoji"]
 LONG = [f"{i} " + "a long input that is truncated to the model's 256 tokens " * 40 for i in range(100)]
@@ -57,90 +54,20 @@ print(response.json())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """A `python -m bge_ref serve` process on a free loopback port, up once /health answers."""
-
-    def __init__(self, tmp_path, model, *args, env=None):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / f"serve-{self.port}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bge_ref", "serve", "--model", str(model),
-                                          "--port", str(self.port), *args],
-                                         env=subprocess_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited {self.proc.returncode}: {self.log.read_text()}"
-            try:
-                if requests.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"server not up after 90 s: {self.log.read_text()}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def post(self, path, body=None, key=KEY, **kw):
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        return requests.post(self.base + path, data=data, headers=headers, timeout=kw.pop("timeout", 120), **kw)
-
-    def get(self, path, key=KEY):
-        return requests.get(self.base + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
-
-    def metrics(self, key=KEY) -> dict:
-        r = self.get("/metrics", key)
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(r.text) for s in f.samples}
-
-    def wait_metric(self, name, predicate, key=KEY, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.metrics(key).get((name, ()), 0)
-            if predicate(value):
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"{name} never met the condition in {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, minilm_path):
-    s = Served(tmp_path_factory.mktemp("srv"), minilm_path, "--api-key", KEY,
-               *[a for n in NAMES for a in ("--served-model-name", n)])
-    try:
+    with Served(tmp_path_factory.mktemp("srv"), minilm_path, "--api-key", KEY, *NAMED) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, minilm_path):
     """Key from $BGE_REF_API_KEY, default served names, 2 requests in flight at most, no truncation."""
-    s = Served(tmp_path_factory.mktemp("small"), minilm_path, "--max-concurrent-requests", "2", "--no-truncate",
-               env={"BGE_REF_API_KEY": ENV_KEY})
-    try:
+    with Served(tmp_path_factory.mktemp("small"), minilm_path, "--max-concurrent-requests", "2", "--no-truncate",
+                env={"BGE_REF_API_KEY": ENV_KEY}) as s:
         yield s
-    finally:
-        s.stop()
 
 
-RUN = "/client/v4/accounts/acct/ai/run/"
 
 
 def test_model_page_curl(srv, minilm):
@@ -189,25 +116,12 @@ def test_openai_client(srv, minilm, prefix):
         client.embeddings.create(model="text-embedding-3-small", input="x")
 
 
-def run_error(r, status):
-    body = r.json()
-    assert r.status_code == status and body["result"] is None and body["success"] is False
-    assert body["messages"] == [] and [e["code"] for e in body["errors"]] == [status]
-    return body["errors"][0]["message"]
-
-
-def openai_error(r, status):
-    err = r.json()["error"]
-    assert r.status_code == status and set(err) == {"message", "type", "param", "code"}
-    return err
-
-
 BIG = b'{"text": "' + b"x" * 2_000_001 + b'"}'
 
 
 def short(value) -> str:
     """Test ids without the 2 MB body in them."""
-    return "2MB-body" if value is BIG else repr(value)[:40]
+    return "2MB-body" if value is BIG else repr(value)[:40].replace("[[[[", "")
 
 
 @pytest.mark.parametrize("path, body, key, status, message", [
@@ -216,12 +130,15 @@ def short(value) -> str:
     (RUN + HOSTED, {"text": []}, KEY, 400, "between 1 and 100 strings allowed, got 0"),
     (RUN + HOSTED, {"text": ["x"] * 101}, KEY, 400, "between 1 and 100 strings allowed, got 101"),
     (RUN + HOSTED, {"text": ["a", ""]}, KEY, 400, "inputs.text[1]: empty string"),
+    (RUN + HOSTED, {"requests": [{"text": ["x"] * 60}, {"text": ["y"] * 41}]}, KEY, 400, "more than 100 texts in all"),
+    (RUN + HOSTED, {"requests": [{"text": "x"}] * 5000}, KEY, 400, "more than 100 texts in all (in 5000 entries)"),
+    (RUN + HOSTED, b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", KEY, 400, "nested too deeply"),
     (RUN + HOSTED, {"text": "a", "top_k": 1}, KEY, 400, "unknown field(s) ['top_k']"),
     (RUN + "@cf/baai/bge-m3", {"text": "a"}, KEY, 404, "no such model '@cf/baai/bge-m3'"),
     (RUN + HOSTED, {"text": "a"}, None, 401, "missing or wrong API key"),
     (RUN + HOSTED, {"text": "a"}, "wrong", 401, "missing or wrong API key"),
     (RUN + HOSTED, BIG, KEY, 413, "the limit is 2000000"),
-    (RUN + "@cf/unknown", BIG, None, 413, "the limit is 2000000"),      # 413 before 401
+    (RUN + "@cf/unknown", BIG, None, 401, "missing or wrong"),      # 401 before 413: the body is never read
     (RUN + "@cf/unknown", b"{not json", "wrong", 401, "missing or wrong"),  # 401 before 404
     (RUN + "@cf/unknown", b"{not json", KEY, 404, "no such model"),       # 404 before 400
     ("/nowhere", {}, KEY, 404, "no route /nowhere"),
@@ -238,15 +155,19 @@ def test_run_errors(srv, path, body, key, status, message):
     ({"input": ["x"] * 2049}, KEY, 400, "input", None, "at most 2048 inputs"),
     ({"input": ["a", ""]}, KEY, 400, "input", None, "input[1]: empty string"),
     ({"input": "a", "top_k": 1}, KEY, 400, "top_k", None, "unknown field(s) ['top_k']"),
-    ({"input": [[1, 2], [30522]]}, KEY, 400, "input", None, "input[1][0]: token id 30522 is out of range"),
+    ({"input": [[7592, 2088], [30522]]}, KEY, 400, "input", None, "input[1][0]: token id 30522 is out of range"),
     ({"input": [-1]}, KEY, 400, "input", None, "input[0]: token id -1 is out of range"),
+    ({"input": [15339, 1917, 13]}, KEY, 400, "input", None, "input[2]: token id 13 is an [unused] token"),  # tiktoken's
+    ({"input": [[7592], [1, 2]]}, KEY, 400, "input", None, "look like another tokenizer's ids"),
+    ({"input": [[7592], [998]]}, KEY, 400, "input", None, "check_embedding_ctx_length=False"),  # [unused993]: the last
     ({"input": "a", "dimensions": 128}, KEY, 400, "dimensions", None, "absent or 384"),
     ({"input": "a", "encoding_format": "int8"}, KEY, 400, "encoding_format", None, "'float' or 'base64'"),
     ({"input": "a", "model": "gpt"}, KEY, 404, "model", "model_not_found", "model 'gpt' does not exist"),
     ({"input": "a", "model": "gpt", "x": 1}, KEY, 404, "model", "model_not_found", "does not exist"),  # 404 first
     ({"input": "a"}, None, 401, None, "invalid_api_key", "missing or wrong API key"),
     ({"input": "a", "model": "gpt"}, "wrong", 401, None, "invalid_api_key", "missing or wrong"),  # 401 first
-    (BIG, "wrong", 413, None, "payload_too_large", "the limit is 2000000"),  # 413 first
+    (BIG, "wrong", 401, None, "invalid_api_key", "missing or wrong"),  # 401 first: the body is never read
+    (BIG, KEY, 413, None, "payload_too_large", "the limit is 2000000"),
 ], ids=short)
 def test_openai_errors(srv, body, key, status, param, code, message):
     err = openai_error(srv.post("/v1/embeddings", body, key=key), status)
@@ -267,7 +188,8 @@ def test_info_tokenize_metrics(srv, minilm_path):
     info = srv.get("/info").json()
     assert info["served_model_names"] == NAMES and info["hidden_size"] == 384 and info["num_hidden_layers"] == 6
     assert info["max_input_tokens"] == 256 and info["pooling"] == "mean" and info["truncate"] is True
-    assert info["limits"] == {"max_batch_tokens": 16384, "max_batch_size": 32, "max_concurrent_requests": 512, "max_body_bytes": 2_000_000,
+    assert info["limits"] == {"max_batch_tokens": 16384, "max_batch_size": 32, "max_concurrent_requests": 512,
+                              "max_connections": 1024, "max_body_bytes": 2_000_000, "body_timeout_seconds": 10.0,
                               "max_texts_per_run_request": 100, "max_openai_inputs": 2048}
     from tokenizers import Tokenizer
     hf = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
@@ -371,7 +293,7 @@ def test_env_key_default_names_and_no_truncate(small, minilm):
     assert small.get("/info", key=ENV_KEY).json()["served_model_names"] == ["model"]
     message = run_error(small.post(RUN + "model", {"text": ["ok", LONG[0]]}, key=ENV_KEY), 400)
     assert "inputs.text[1] has" in message and "more than the model's 256" in message
-    err = openai_error(small.post("/v1/embeddings", {"input": [[7] * 10, [7] * 255]}, key=ENV_KEY), 400)
+    err = openai_error(small.post("/v1/embeddings", {"input": [[2088] * 10, [2088] * 255]}, key=ENV_KEY), 400)
     assert "input[1] has 257 tokens" in err["message"] and err["param"] == "input"
 
 
@@ -390,7 +312,7 @@ def test_overload_then_sigterm_drains(small, minilm):
         small.wait_metric("bge_ref_requests_in_flight", lambda v: v == 2, key=ENV_KEY)
         t0 = time.monotonic()
         r = small.post(RUN + "model", {"text": "x"}, key=ENV_KEY)
-        assert "overloaded" in run_error(r, 429) and r.headers["Retry-After"] == "1"
+        assert "overloaded" in run_error(r, 429) and r.headers["Retry-After"] == "1" and r.headers["x-request-id"]
         o = small.post("/v1/embeddings", {"input": "x"}, key=ENV_KEY)
         err = openai_error(o, 429)
         assert err["type"] == "rate_limit_error" and o.headers["Retry-After"] == "1"
@@ -409,40 +331,43 @@ def test_overload_then_sigterm_drains(small, minilm):
         np.testing.assert_allclose(np.array(a.json()["result"]["data"])[some], ref, atol=1e-5)
 
 
-def test_missing_serve_extra_is_one_line(minilm_path):
-    block = "import runpy, sys; sys.modules['starlette'] = None; runpy.run_module('bge_ref', run_name='__main__')"
-    r = subprocess.run([sys.executable, "-c", block, "serve", "--model", str(minilm_path)], capture_output=True,
-                       timeout=120, env=subprocess_env())
-    lines = r.stderr.decode().strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("bge-ref: error: ") and 'pip install "bge-ref[serve]"' in lines[0]
+@pytest.mark.parametrize("prefix", ["/v1", "/client/v4/accounts/acct/ai/v1"])
+def test_models(srv, prefix):
+    import openai
+    client = openai.OpenAI(base_url=srv.base + prefix, api_key=KEY, timeout=60, max_retries=0)
+    assert [m.id for m in client.models.list()] == NAMES
+    for name in NAMES:
+        m = client.models.retrieve(name)
+        assert m.id == name and m.object == "model" and m.owned_by == "bge-ref" and m.created > 0
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4")
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=srv.base + prefix, api_key="wrong", max_retries=0).models.list()
 
 
-def test_served_names_and_loopback():
-    assert server_module.served_names("BAAI/bge-large-en-v1.5", "/cache/x") == ["BAAI/bge-large-en-v1.5", HOSTED]
-    assert server_module.served_names(None, "BAAI/bge-small-en-v1.5") == ["BAAI/bge-small-en-v1.5"]
-    assert all(map(server_module.is_loopback, ["127.0.0.1", "::1", "localhost"]))
-    assert not any(map(server_module.is_loopback, ["0.0.0.0", "192.168.1.2", "example.org"]))
+def test_no_cors_by_default(srv):
+    r = requests.options(srv.base + "/v1/embeddings", timeout=30, headers={
+        "Origin": "http://app.example", "Access-Control-Request-Method": "POST"})
+    assert r.status_code in (401, 405) and "access-control-allow-origin" not in r.headers
+    r = srv.post("/v1/embeddings", {"input": "hi"}, headers={"Origin": "http://app.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 
-def test_worker_fills_a_rounds_last_batch_from_the_next_round(minilm, monkeypatch):
-    """In process, deterministic: request A (6 texts) starts a round of batches of 4; request B
-    (3 texts) arrives during it. The round's last batch (A's 2 leftover texts) is topped up with B's
-    2 shortest, rather than run half empty; every request still gets its own vectors, in order."""
-    from bge_ref import api
-    worker = server_module.Worker(minilm, 16384, 4, server_module.Metrics())
-    sizes, plain = [], worker._compute
-    monkeypatch.setattr(worker, "_compute", lambda batch: sizes.append(len(batch)) or plain(batch))
-    a = server_module.Job([api.Group(MORE[:6], "mean", "input")], truncate=True)
-    b = server_module.Job([api.Group(STORIES, "cls", "input")], truncate=True)
-    worker.inbox.put(a)
-    worker.inbox.put((lambda model: worker.inbox.put(b), server_module.Future()))  # B arrives once A's round began
-    worker.start()
-    try:
-        (va,), _ = a.future.result(60)
-        (vb,), _ = b.future.result(60)
-    finally:
-        worker.stop()
-    assert sizes == [4, 4, 1]                                # not [4, 2, 3]
-    np.testing.assert_allclose(va, minilm.encode(MORE[:6], pooling="mean", normalize=True), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(vb, minilm.encode(STORIES, pooling="cls", normalize=True), rtol=0, atol=1e-6)
+def test_a_non_finite_vector_is_a_500(tmp_path, minilm_path):
+    """A checkpoint whose attention scores overflow float32 (query and key weights x 1e20 in layer 0:
+    finite weights, so it loads) computes NaN: each route answers 500 in its own format, never 200."""
+    from safetensors.numpy import load_file, save_file
+    broken = tmp_path / "broken"
+    shutil.copytree(minilm_path, broken)
+    weights = load_file(broken / "model.safetensors")
+    for kind in ("query", "key"):
+        name = next(n for n in weights if f"layer.0.attention.self.{kind}.weight" in n)
+        weights[name] = weights[name] * np.float32(1e20)
+    save_file(weights, broken / "model.safetensors")
+    with Served(tmp_path, broken, "--api-key", KEY) as s:
+        message = run_error(s.post(RUN + "broken", {"text": ["a", "b"]}), 500)
+        assert "NumericalError" in message and "inputs.text[0]" in message and "non-finite" in message
+        err = openai_error(s.post("/v1/embeddings", {"input": "a"}), 500)
+        assert err["type"] == "server_error" and "non-finite" in err["message"]
+        assert s.get("/health", key=None).status_code == 200  # and it keeps serving
