@@ -2,7 +2,7 @@
 ~128-token passages, bge_ref's encode() against its peers, interleaved in one process.
 
     python benchmarks/latency.py                                        # print the table
-    python benchmarks/latency.py --write-docs docs/performance/latency.md
+    python benchmarks/latency.py --write-docs docs/reports/latency.md  # the docs site's reports
     python benchmarks/latency.py --layouts                              # and the thread layout by rows
     OPENBLAS_CORETYPE=Haswell python benchmarks/latency.py              # OpenBLAS's AVX2 kernel
 
