@@ -227,18 +227,20 @@ def main():
     ap.add_argument("--write-docs", metavar="PATH", help="write the markdown report to PATH")
     ap.add_argument("--layouts", action="store_true", help="also time the thread layouts by token rows")
     ap.add_argument("--only", choices=("bge-large", "MiniLM"), help="one model only")
+    ap.add_argument("--counts", default=",".join(map(str, COUNTS)), help="texts per call, comma-separated")
     ap.add_argument("--baseline", action="store_true",
                     help="also time bge_ref as before issue #22 (rows split at any size, full last layer)")
     args = ap.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
     import torch
     torch.set_num_threads(args.threads)
     threads.THREADS = args.threads
     started, load = datetime.datetime.now(datetime.timezone.utc), os.getloadavg()
     rows = []
     if args.only != "MiniLM":
-        rows += bge_large_rows(args.repeat, COUNTS, args.baseline)
+        rows += bge_large_rows(args.repeat, counts, args.baseline)
     if args.only != "bge-large":
-        rows += minilm_rows(args.repeat, COUNTS)
+        rows += minilm_rows(args.repeat, counts)
     extra = layouts(args.repeat) if args.layouts else []
     after = os.getloadavg()
     cmd = "python benchmarks/latency.py" + "".join(
