@@ -64,7 +64,7 @@ def rows(repeat: int) -> list[str]:
         (pr, pm), (gr, gm), (tr, tm) = (errors(y, exact) for y in (x @ w, gemm.matmul(x, w), (torch.from_numpy(x) @ torch.from_numpy(w)).numpy()))
         y = np.empty((1024, M), np.float32)
         fns = {"plain": lambda: np.matmul(x, w, out=y), "gemm": lambda: gemm.matmul(x, w, out=y),
-               "plain split": lambda: gemm.on_row_blocks(lambda r: np.matmul(x[r], w, out=y[r]), len(x)),
+               "plain split": lambda: gemm.on_blocks(lambda r, c: np.matmul(x[r], w[:, c], out=y[r, c]), *y.shape),
                "gemm one block": one_block(lambda: gemm.matmul(x, w, out=y))}
         wall = timings(fns, repeat, time.perf_counter)
         with threadpool_limits(1, user_api="blas"):          # one thread: the work itself

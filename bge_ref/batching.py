@@ -90,8 +90,11 @@ def embed_rows(model, rows: Sequence, pooling: str | Sequence[str], *, normalize
     out = np.empty((len(ids), model.config.hidden_size), dtype=model.dtype)
     for idx in plan_batches([len(r) for r in ids], max_batch_size, max_batch_tokens):
         batch = pad([ids[i] for i in idx], model.config.pad_token_id)
-        hidden = model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (b, S, D)
-        vectors = _pool_rows(hidden, batch["attention_mask"], [poolings[i] for i in idx])         # (b, D)
+        pools = [poolings[i] for i in idx]
+        # A batch pooled by [CLS] alone needs only the [CLS] rows of the last layer (fast.bert).
+        hidden = model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                               cls_only=set(pools) == {"cls"})                       # (b, S, D) or (b, 1, D)
+        vectors = _pool_rows(hidden, batch["attention_mask"], pools)                 # (b, D)
         vectors = l2_normalize(vectors) if normalize else vectors
         if check_finite:
             _check_finite(vectors, idx, name or (lambda i: f"rows[{i}]"))

@@ -137,9 +137,12 @@ class Embedder:
 
     # -- the model ---------------------------------------------------------------------------------
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike, token_type_ids: ArrayLike | None = None, *,
-                output_hidden_states: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
+                output_hidden_states: bool = False,
+                cls_only: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
         """Run the encoder on token ids (B, S): the last hidden state (B, S, D), and with
-        output_hidden_states=True also the L+1 hidden states (embeddings, then each layer)."""
+        output_hidden_states=True also the L+1 hidden states (embeddings, then each layer).
+        cls_only=True may return the [CLS] rows alone, (B, 1, D) (the fast path's last layer then
+        computes only them: fast.bert)."""
         input_ids = self._ids("input_ids", input_ids, self.config.vocab_size)
         attention_mask = self._ids("attention_mask", attention_mask, 2, like=input_ids)
         if token_type_ids is None:
@@ -148,8 +151,9 @@ class Embedder:
         if not attention_mask[:, 0].all():
             raise InputError("attention_mask: every sequence needs its first token ([CLS]) unmasked; "
                              "bge_ref expects right padding")
+        kw = {"cls_only": True} if cls_only and self.forward_path == "fast" and not output_hidden_states else {}
         last, states = FORWARDS[self.forward_path](input_ids, attention_mask, token_type_ids, self.params,
-                                                   self.config, output_hidden_states)
+                                                   self.config, output_hidden_states, **kw)
         return (last, states) if output_hidden_states else last
 
     def _ids(self, name, a, upper, like=None):

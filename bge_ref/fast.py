@@ -9,7 +9,12 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
 - each core owns a share of the token rows: it multiplies them with BLAS single-threaded, then does
   their bias, residual, GELU and LayerNorm right away, ROWS_BLOCK rows at a time (`layer`). So the
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
-  core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead;
+  core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
+  Below FEW_ROWS token rows (a query or a few) the forward is bound by reading the weights, and
+  that layout would have every core stream every weight matrix: there each projection's output
+  columns are split over the cores instead (gemm.on_blocks), so each core reads its own part;
+- with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
+  FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
   smaller BLAS calls, 2-3x slower), its bias added in place; its input dimension is summed in chunks
   of 128 (gemm.py), which keeps the float32 error under transformers' own on any OpenBLAS kernel;
@@ -35,9 +40,10 @@ import numpy as np
 from . import gemm, threads
 from .config import BertConfig
 from .erf import gelu_fast
+from .errors import InputError
 
 __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_output", "intermediate", "output",
-           "layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
+           "layer", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
 
 
 def linear(x, w, b, out=None):
@@ -130,8 +136,11 @@ def self_attention(x, runs, qkv, n_head):
         out = ctx[r].reshape(b, S, n_head, D // n_head).transpose(0, 2, 1, 3)  # (b, H, S, Dh) view
         out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None, scale=1.0)  # q is scaled
 
+    if N < FEW_ROWS:
+        project(slice(0, N))                                 # gemm splits the weights' columns over the cores
     with threads.split() as parts:
-        threads.run(project, _rows(N, parts), parts > 1)
+        if N >= FEW_ROWS:
+            threads.run(project, _rows(N, parts), parts > 1)
         threads.run(block, attention_blocks(runs, n_head, x.itemsize, parts), parts > 1)
     return ctx                                               # (N, D)
 
@@ -171,29 +180,75 @@ def layer(x, runs, attn, attn_out, inter, out, n_head, eps):
             a = attention_output(ctx[t], x[t], **attn_out, eps=eps)  # (n, D)
             y[t] = output(intermediate(a, **inter), a, **out, eps=eps)  # (n, D)
 
+    if len(x) < FEW_ROWS:                                    # gemm splits each weight's columns over the cores
+        rows(slice(0, len(x)))
+        return y
     with threads.split() as parts:
         threads.run(rows, _rows(len(x), parts), parts > 1)
     return y                                                 # (N, D)
 
 
-def encoder(x, runs, layers, config: BertConfig, output_hidden_states=False):
-    """BertEncoder, as model.encoder, on packed rows (N, D)."""
+def cls_self_attention(x, runs, qkv, n_head):
+    """self_attention for each sequence's first row ([CLS]) only: K and V over every row, Q for the
+    first rows alone (their own columns of the fused weight). (n_sequences, D), in batch order."""
+    N, D = x.shape
+    qkv, first = widened(qkv, x), cls_rows(runs)
+    kv = linear(x, qkv["w"][:, D:], qkv["b"][D:])           # (N, 2D)
+    q = linear(x[first], qkv["w"][:, :D], qkv["b"][:D])      # (n, D)
+    q *= 1.0 / math.sqrt(D // n_head)
+    ctx, i = np.empty_like(q), 0                             # (n, D)
+    for start, B, S in runs:
+        k, v = kv[start:start + B * S].reshape(B, S, 2, n_head, D // n_head).transpose(2, 0, 3, 1, 4)  # 2 x (B, H, S, Dh)
+        qb = q[i:i + B].reshape(B, n_head, 1, D // n_head)   # (B, H, 1, Dh)
+        ctx[i:i + B] = attention(qb, k, v, None, scale=1.0).reshape(B, D)  # (B, D) q is scaled
+        i += B
+    return ctx                                               # (n, D)
+
+
+def cls_layer(x, runs, attn, attn_out, inter, out, n_head, eps):
+    """layer() for each sequence's first row ([CLS]) only, (n_sequences, D): every step after K and V
+    is row by row, so those rows are exactly what the whole layer gives them."""
+    ctx = cls_self_attention(x, runs, **attn, n_head=n_head)  # (n, D)
+    a = attention_output(ctx, x[cls_rows(runs)], **attn_out, eps=eps)  # (n, D)
+    return output(intermediate(a, **inter), a, **out, eps=eps)  # (n, D)
+
+
+def cls_rows(runs):
+    """The packed row of each sequence's first token, in batch order."""
+    return np.concatenate([start + S * np.arange(B) for start, B, S in runs])
+
+
+def encoder(x, runs, layers, config: BertConfig, output_hidden_states=False, cls_only=False):
+    """BertEncoder, as model.encoder, on packed rows (N, D). With cls_only (no hidden states), the
+    last layer computes each sequence's first row only: (n_sequences, D)."""
     states = [x] if output_hidden_states else None
-    for p in layers:
-        x = layer(x, runs, **p, n_head=config.num_attention_heads, eps=config.layer_norm_eps)  # (N, D)
+    for i, p in enumerate(layers):
+        last = cls_only and i == len(layers) - 1
+        x = (cls_layer if last else layer)(x, runs, **p, n_head=config.num_attention_heads, eps=config.layer_norm_eps)
         if output_hidden_states:
             states.append(x)
     return x, states                                         # (N, D)
 
 
-def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, output_hidden_states=False):
+def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, output_hidden_states=False,
+         cls_only=False):
     """BertModel without the pooler, as model.bert, computed on the real tokens only: padding is
-    neither computed nor attended to (no mask is needed), and its rows of the result are zero."""
+    neither computed nor attended to (no mask is needed), and its rows of the result are zero.
+
+    cls_only=True (for [CLS] pooling; not with output_hidden_states) returns the [CLS] rows alone,
+    (B, 1, D): the last layer's Q, attention output, FFN and LayerNorms run for those rows only.
+    Exact: each of those steps is row by row. Every sequence's first token must be real."""
+    if cls_only and output_hidden_states:
+        raise InputError("cls_only computes the last layer's [CLS] rows only; hidden states need every row")
+    if cls_only and not np.asarray(attention_mask)[:, 0].all():
+        raise InputError("cls_only needs every sequence's first token ([CLS]) unmasked")
     x = embeddings(input_ids, token_type_ids, **params["embeddings"], eps=config.layer_norm_eps)  # (B, S, D)
     B, S, D = x.shape
     real, runs = packed(attention_mask)
     rows = x.reshape(B * S, D) if real is None else x.reshape(B * S, D)[real]  # (N, D) real tokens, end to end
-    last, states = encoder(rows, runs, params["layers"], config, output_hidden_states)
+    last, states = encoder(rows, runs, params["layers"], config, output_hidden_states, cls_only)
+    if cls_only:
+        return last[:, None], None                           # (B, 1, D) every sequence has a [CLS] row
     return unpacked(last, real, (B, S)), None if states is None else [unpacked(h, real, (B, S)) for h in states]
 
 
@@ -259,6 +314,10 @@ def attention_blocks(runs, n_head, itemsize, parts):
     return blocks
 
 
+# Below this many token rows a forward splits each weight's output columns over the cores (gemm.py)
+# instead of giving each core its own rows: with few rows every core would stream every weight
+# matrix, and the forward is bound by reading the weights. Measured: benchmarks/latency.py --layouts.
+FEW_ROWS = 64
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20

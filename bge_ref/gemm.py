@@ -16,8 +16,9 @@ separate partial sums, added at the end (one extra pass over the output per GROU
 
 Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
 kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 1.02-1.18x the CPU time of `x @ w`.
-Threads: the rows are split over the cores, BLAS single-threaded in each block (on_row_blocks),
-so that the threads meet once per product rather than at a BLAS barrier after every chunk.
+Threads: the rows (or, with few rows, the output columns) are split over the cores, BLAS
+single-threaded in each block (on_blocks), so that the threads meet once per product rather than at
+a BLAS barrier after every chunk.
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
@@ -37,7 +38,8 @@ from . import threads
 
 CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
-MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_row_blocks)
+MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_blocks)
+MIN_BLOCK_COLS = 64   # output columns of a block when, with fewer rows, the columns are split instead
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
@@ -71,7 +73,7 @@ def matmul(x, w, out=None, accumulate=False):
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
     product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
-    on_row_blocks(lambda rows: chunked(x[rows], w, y[rows], product(), accumulate), N)
+    on_blocks(lambda rows, cols: chunked(x[rows], w[:, cols], y[rows, cols], product(), accumulate), N, M)
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
@@ -95,29 +97,37 @@ def chunked(x, w, y, add_product, accumulate=False):
             y += part                                     # (N, M)
 
 
-def on_row_blocks(fn, N):
-    """fn(rows) over the N rows: in one block per core on bge_ref's thread pool with BLAS
-    single-threaded, or in this thread with one block of all rows.
+def on_blocks(fn, N, M):
+    """fn(rows, cols) over the (N, M) output: one block per core on bge_ref's thread pool with BLAS
+    single-threaded, or in this thread with one block of everything.
 
     Every chunk is a BLAS call, and a BLAS call spread over several threads ends in a barrier that
     waits for all of them: on a machine shared with other processes, those waits doubled the
-    forward's time. With the rows split here, the threads meet once per product. The split needs
-    threadpoolctl (the `fast` extra), at least MIN_BLOCK_ROWS rows a block, and the BLAS thread
-    count free to change: threads.blas_limit_lock not held by another thread. The lock is reentrant,
-    so a caller already in a single-threaded block on this thread still splits, under a nested limit
-    of its own. Otherwise BLAS threads each call itself.
+    forward's time (and made a 15-row query's projections 25x slower under load 9). With the
+    output split here, the threads meet once per product. Many rows (at least MIN_BLOCK_ROWS per
+    core) are split by rows; fewer by output columns, so that each core streams its own part of
+    the weight matrix rather than every core all of it: with a few rows the product is bound by
+    reading the weights (a 15-token query: 1.2 GB of them, and 9 GFLOP). The split needs
+    threadpoolctl (the `fast` extra) and the BLAS thread count free to change
+    (threads.blas_limit_lock not held by another thread). The lock is reentrant, so a caller
+    already in a single-threaded block on this thread still splits, under a nested limit of its
+    own. Otherwise BLAS threads each call itself.
     """
-    blocks = threads.chunks(N, max(1, min(threads.THREADS, N // MIN_BLOCK_ROWS)))
+    every = slice(None)
+    if N >= 2 * MIN_BLOCK_ROWS:
+        blocks = [(rows, every) for rows in threads.chunks(N, min(threads.THREADS, N // MIN_BLOCK_ROWS))]
+    else:
+        blocks = [(every, cols) for cols in threads.chunks(M, max(1, min(threads.THREADS, M // MIN_BLOCK_COLS)))]
     if len(blocks) > 1 and threads.blas_limit_lock.acquire(blocking=False):
         try:
             limit = threads.blas_single_threaded()
             if limit is not None:
                 with limit:
-                    threads.run(fn, [(rows,) for rows in blocks])
+                    threads.run(fn, blocks)
                 return
         finally:
             threads.blas_limit_lock.release()
-    fn(slice(None))
+    fn(every, every)
 
 
 def groups(K):

@@ -2,7 +2,8 @@
 
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
 in parallel on large arrays. fast.py gives each thread its own rows (or attention heads) with BLAS
-single-threaded inside (`split`); checkpoint.py checks and fuses several layers at once.
+single-threaded inside (`split`), and gemm.py, with few rows, its own columns of each weight;
+checkpoint.py checks and fuses several layers at once.
 $BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations

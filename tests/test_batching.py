@@ -72,7 +72,24 @@ def test_each_row_pooled_its_own_way(model):
     mixed = embed_rows(model, rows, poolings)
     cls, mean = embed_rows(model, rows, "cls"), embed_rows(model, rows, "mean")
     for i, p in enumerate(poolings):
-        np.testing.assert_array_equal(mixed[i], (cls if p == "cls" else mean)[i])
+        if p == "mean":  # the same forward: the same bits
+            np.testing.assert_array_equal(mixed[i], mean[i])
+        else:  # an all-cls batch computes the last layer for [CLS] alone: exact per row, float32 rounding aside
+            np.testing.assert_allclose(mixed[i], cls[i], rtol=0, atol=1e-6)
+
+
+def test_cls_pooled_batches_compute_only_the_cls_rows_of_the_last_layer(model, monkeypatch):
+    """A batch pooled by [CLS] alone asks the forward for the [CLS] rows only (fast.bert's cls_only);
+    a batch with any mean-pooled row asks for every row. The vectors are the same either way."""
+    asked, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: asked.append(kw.get("cls_only")) or forward(*a, **kw))
+    rows = model.token_ids(["one text", "another, longer text"])
+    cls = embed_rows(model, rows, "cls")
+    mixed = embed_rows(model, rows, ["cls", "mean"])
+    assert asked == [True, False]
+    np.testing.assert_allclose(cls[0], mixed[0], rtol=0, atol=1e-6)
+    monkeypatch.undo()
+    np.testing.assert_allclose(cls, embed_rows(model, rows, "cls"), rtol=0, atol=0)
 
 
 def test_encodings_or_id_lists(model):

@@ -46,6 +46,48 @@ def test_bge_large_fast_matches_reference_with_a_512_token_text(bge_large, dtype
     assert report.ok, report.table()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_cls_only_last_layer_gives_the_cls_rows(tiny, minilm_path, which, dtype):
+    """cls_only computes the last layer for the [CLS] rows alone (Q, attention output, FFN): those
+    rows equal the whole forward's, and model.py's (1e-13 in float64), on a padded batch of mixed
+    lengths (several attention runs); encode(pooling="cls") goes through it."""
+    directory = tiny[0] if which == "tiny" else minilm_path
+    model = bge_ref.load(directory, dtype=dtype)
+    batch = model.tokenize(TEXTS + ["a longer text " * 20])
+    assert len(fast.packed(batch["attention_mask"])[1]) > 1
+    full = model.forward(**batch)
+    cls = model.forward(**batch, cls_only=True)
+    ref = bge_ref.load(directory, dtype=dtype, forward="reference").forward(**batch)
+    assert cls.shape == (len(full), 1, full.shape[-1])
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    assert np.abs(cls[:, 0] - full[:, 0]).max() <= tol and np.abs(cls[:, 0] - ref[:, 0]).max() <= tol
+    assert np.abs(cls[:, 0] - full[:, 0]).max() < np.abs(full[:, 1] - full[:, 0]).max()  # not some other row
+    encoded = model.encode(TEXTS, pooling="cls", normalize=False)
+    np.testing.assert_allclose(encoded, model.forward(**model.tokenize(TEXTS))[:, 0], rtol=0, atol=tol)
+    with pytest.raises(ValueError, match="hidden states"):
+        fast.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], model.params, model.config,
+                  output_hidden_states=True, cls_only=True)
+    ids, mask = batch["input_ids"].copy(), batch["attention_mask"].copy()
+    mask[0, 0] = 0
+    with pytest.raises(ValueError, match=r"first token"):
+        fast.bert(ids, mask, batch["token_type_ids"], model.params, model.config, cls_only=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, monkeypatch):
+    """Below FEW_ROWS the weights' columns are split over the cores, above it the rows: the same
+    function either way (1e-13 in float64, float32 rounding otherwise)."""
+    model = bge_ref.load(minilm_path, dtype=dtype)
+    batch = model.tokenize(TEXTS[:3])
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(fast, "FEW_ROWS", 10**6)
+    columns = model.forward(**batch)
+    monkeypatch.setattr(fast, "FEW_ROWS", 0)
+    rows = model.forward(**batch)
+    assert np.abs(columns - rows).max() <= (1e-13 if dtype == "float64" else 1e-5)
+
+
 def test_forward_keyword_selects_the_path(tiny):
     assert bge_ref.load(tiny[0]).forward_path == "fast"
     assert bge_ref.load(tiny[0], forward="reference").forward_path == "reference"

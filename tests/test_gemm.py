@@ -189,7 +189,7 @@ def test_everything_else_is_np_matmul():
 
 # -- threads --
 
-@pytest.mark.parametrize("n_threads, N, blocks", [(2, 1001, 2), (3, 1001, 3), (8, 300, 2), (2, 255, 1)])
+@pytest.mark.parametrize("n_threads, N, blocks", [(2, 1001, 2), (3, 1001, 3), (8, 300, 2), (2, 256, 2)])
 def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, blocks, monkeypatch):
     """Blocks of rows on bge_ref's pool, BLAS single-threaded: every row written, the product as
     with one block up to rounding (bit for bit with the SkylakeX kernel, not with Haswell's, whose
@@ -203,8 +203,28 @@ def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, bloc
     assert calls == ([blocks] if blocks > 1 else [])     # blocks of at least MIN_BLOCK_ROWS rows
     close_to_matmul(split, x, w)
     monkeypatch.setattr(gemm, "MIN_BLOCK_ROWS", 10**6)
+    monkeypatch.setattr(gemm, "MIN_BLOCK_COLS", 10**6)
     close_to_matmul(gemm.matmul(x, w), x, w)
     assert len(calls) == (blocks > 1)                    # one block: no pool
+
+
+@pytest.mark.parametrize("n_threads, N, M, blocks", [(2, 15, 300, 2), (3, 255, 1000, 3), (2, 1, 127, 1), (8, 4, 200, 3)])
+def test_few_rows_split_the_columns_over_the_pool(path, n_threads, N, M, blocks, monkeypatch):
+    """Fewer rows than two row blocks: the output columns are split instead (each core reads its
+    own columns of w), blocks of at least MIN_BLOCK_COLS; every element written, once, and the
+    product as with one block up to rounding (edge tiles may take another kernel)."""
+    monkeypatch.setattr(threads, "THREADS", n_threads)
+    x, w = projection_inputs(N, 1024, M, "ln")
+    calls, run = [], threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append([c for _, c in args]) or run(fn, args))
+    split = gemm.matmul(x, w, out=np.full((N, M), np.nan, np.float32))
+    assert [len(c) for c in calls] == ([blocks] if blocks > 1 else [])
+    if blocks > 1:
+        assert sum(c.stop - c.start for c in calls[0]) == M and all(c.stop - c.start >= gemm.MIN_BLOCK_COLS for c in calls[0])
+    close_to_matmul(split, x, w)
+    bias = np.arange(M, dtype=np.float32)
+    np.testing.assert_allclose(gemm.matmul(x, w, out=np.tile(bias, (N, 1)), accumulate=True), split + bias,
+                               rtol=1e-6, atol=1e-4)
 
 
 def test_split_only_when_the_blas_thread_count_is_free(path, monkeypatch):

@@ -1,0 +1,282 @@
+"""Latency of a call, as an application sees it (issue #22): 1, 4 and 32 texts, short queries and
+~128-token passages, bge_ref's encode() against its peers, interleaved in one process.
+
+    python benchmarks/latency.py                                        # print the table
+    python benchmarks/latency.py --write-docs docs/reports/latency.md  # the docs site's reports
+    python benchmarks/latency.py --layouts                              # and the thread layout by rows
+    OPENBLAS_CORETYPE=Haswell python benchmarks/latency.py              # OpenBLAS's AVX2 kernel
+
+Peers, on the same number of threads (--threads, default 2):
+- bge-large size (a seeded random 24 x 1024 checkpoint with bge-large-en-v1.5's exact config and
+  trained-like weight scales, tests.checkpoints.make_bge_large_random, built once in the cache
+  directory): `encode(texts)` (CLS pooling + L2) against transformers' tokenizer + BertModel +
+  CLS + L2 normalize on the same texts in one batch; and one 8 x 128 forward against BertModel's.
+  For the query rows, also the bare `x @ w` of every projection at the batch's token rows with
+  NumPy's BLAS on all threads: the memory-bandwidth floor of a NumPy forward.
+- all-MiniLM-L6-v2 (real weights): `encode(texts)` against sentence-transformers' `encode`, and the
+  mixed-length 1000-text corpus of benchmarks/bench.py (batch size 32 both).
+Every cell is the best of --repeat calls, the peers alternating; a ratio > 1 means bge_ref is faster.
+The load average before and after is printed: on a shared machine, read the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
+import bge_ref  # noqa: E402  (before NumPy: OpenBLAS's idle-thread timeout as in the forward)
+import numpy as np  # noqa: E402
+from bge_ref import fast, threads  # noqa: E402
+from readme_regions import cpu, numpy_blas  # noqa: E402
+
+QUERY = "what is the boiling point of water at altitude"        # ~10 tokens with [CLS] and [SEP]
+COUNTS = (1, 4, 32)
+GOALS = {("bge-large", "query", 1): 0.8, ("bge-large", "query", 4): 0.8, ("bge-large", "passage", 1): 0.8,
+         ("bge-large", "8x128 forward", 8): 0.8, ("MiniLM", "corpus", 1000): 0.8}
+BARE_GOAL = 1.15  # one short query: at most this many times the bare BLAS time of its projections
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("BGE_REF_BENCH_DIR", Path.home() / ".cache" / "bge-ref-bench"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def bge_large_dir() -> Path:
+    from tests.checkpoints import make_bge_large_random
+    d = cache_dir() / "bge-large-scaled"
+    if not (d / "model.safetensors").is_file():
+        make_bge_large_random(d, seed=0)
+    return d
+
+
+def texts(kind, n, seed=0) -> list[str]:
+    """n distinct short queries, or n passages of ~128 tokens, from the vocabulary's whole words."""
+    from tests.checkpoints import minilm_dir
+    words = [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 2]
+    rng = np.random.default_rng(seed)
+    if kind == "query":
+        return [QUERY if i == 0 else " ".join(rng.choice(words, 8)) + "?" for i in range(n)]
+    return [" ".join(rng.choice(words, 125)) + "." for _ in range(n)]  # 128 tokens: one wordpiece a word
+
+
+def best(fns: dict, repeat: int) -> dict:
+    """{name: best seconds}, every fn run once per round (after one warm-up round), rounds interleaved."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in times.items()}
+
+
+def bare_projections(model, N):
+    """x @ w over every projection of the forward, N rows, NumPy's BLAS on its own threads."""
+    rng = np.random.default_rng(0)
+    D, F = model.config.hidden_size, model.config.intermediate_size
+    xs = {D: rng.standard_normal((N, D), np.float32), F: rng.standard_normal((N, F), np.float32)}
+    ws = [w for p in model.params["layers"] for w in (p["attn"]["qkv"]["w"], p["attn_out"]["dense"]["w"],
+                                                       p["inter"]["dense"]["w"], p["out"]["dense"]["w"])]
+
+    def run():
+        for w in ws:
+            xs[w.shape[0]] @ w
+    return run
+
+
+def as_before(ours, fn):
+    """fn run as bge_ref ran before issue #22: every core on its own rows (fast.FEW_ROWS 0), and the
+    last layer computed for every row (no cls_only)."""
+    def run():
+        saved, forward = fast.FEW_ROWS, ours.forward
+        fast.FEW_ROWS, ours.forward = 0, lambda *a, cls_only=False, **kw: forward(*a, **kw)
+        try:
+            return fn()
+        finally:
+            fast.FEW_ROWS = saved
+            del ours.forward
+    return run
+
+
+def bge_large_rows(repeat, counts, baseline=False) -> list[dict]:
+    import torch
+    from transformers import AutoTokenizer, BertModel
+    path = bge_large_dir()
+    ours = bge_ref.load(path)
+    hf = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def theirs(batch):
+        def run():
+            with torch.inference_mode():
+                enc = tok(batch, padding=True, truncation=True, return_tensors="pt")
+                cls = hf(**enc).last_hidden_state[:, 0]
+                return torch.nn.functional.normalize(cls, dim=-1)
+        return run
+
+    rows = []
+    for kind in ("query", "passage"):
+        for n in counts:
+            batch = texts(kind, n)
+            tokens = int(ours.tokenize(batch)["attention_mask"].sum())
+            fns = {"bge_ref": lambda: ours.encode(batch, batch_size=32), "peer": theirs(batch)}
+            if baseline:
+                fns["before"] = as_before(ours, fns["bge_ref"])
+            if kind == "query" and n <= 4:
+                fns["bare"] = bare_projections(ours, tokens)
+            t = best(fns, repeat)
+            rows.append(dict(model="bge-large", kind=kind, n=n, tokens=tokens, peer_name="transformers", **t))
+            _progress(rows[-1])
+    ids = np.random.default_rng(0).integers(1000, 30000, (8, 128))
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask, t_ids = np.ones_like(ids), torch.from_numpy(ids)
+
+    def hf_forward():
+        with torch.inference_mode():
+            hf(input_ids=t_ids, attention_mask=torch.ones_like(t_ids))
+    fns = {"bge_ref": lambda: ours.forward(ids, mask), "peer": hf_forward}
+    if baseline:
+        fns["before"] = as_before(ours, fns["bge_ref"])
+    t = best(fns, repeat)
+    rows.append(dict(model="bge-large", kind="8x128 forward", n=8, tokens=ids.size, peer_name="transformers", **t))
+    _progress(rows[-1])
+    return rows
+
+
+def minilm_rows(repeat, counts) -> list[dict]:
+    from sentence_transformers import SentenceTransformer
+    from bench import corpus
+    from tests.checkpoints import minilm_dir
+    ours = bge_ref.load(minilm_dir())
+    st = SentenceTransformer(str(minilm_dir()), device="cpu")
+    rows = []
+    for kind, n, batch in [*((k, n, texts(k, n)) for k in ("query", "passage") for n in counts),
+                           ("corpus", 1000, corpus())]:
+        t = best({"bge_ref": lambda: ours.encode(batch, batch_size=32),
+                  "peer": lambda: st.encode(batch, batch_size=32)}, max(1, repeat // 2) if kind == "corpus" else repeat)
+        tokens = sum(min(c, ours.max_length) for c in ours.count_tokens(batch))
+        rows.append(dict(model="MiniLM", kind=kind, n=n, tokens=tokens, peer_name="sentence-transformers", **t))
+        _progress(rows[-1])
+    return rows
+
+
+def layouts(repeat, sizes=(8, 16, 32, 48, 64, 96, 128, 256)) -> list[str]:
+    """bge-large size forward at N token rows (one sequence), with the weights' columns split over
+    the cores (fast.FEW_ROWS above N) against each core on its own rows (FEW_ROWS 0)."""
+    ours = bge_ref.load(bge_large_dir())
+    saved, out = fast.FEW_ROWS, ["| token rows | columns split (ms) | rows split (ms) | columns / rows |",
+                                 "| ---: | ---: | ---: | ---: |"]
+    try:
+        for N in sizes:
+            ids = np.full((1, N), 2000)
+            ids[0, 0] = 101
+
+            def with_few_rows(v):
+                def run():
+                    fast.FEW_ROWS = v
+                    ours.forward(ids, np.ones_like(ids))
+                return run
+            t = best({"columns": with_few_rows(1 << 30), "rows": with_few_rows(0)}, repeat)
+            out.append(f"| {N} | {t['columns'] * 1e3:.0f} | {t['rows'] * 1e3:.0f} | {t['columns'] / t['rows']:.2f} |")
+            print(out[-1], file=sys.stderr)
+    finally:
+        fast.FEW_ROWS = saved
+    return out
+
+
+def _progress(r):
+    extra = f", bare BLAS {r['bare'] * 1e3:.0f} ms" if "bare" in r else ""
+    extra += f", before #22 {r['before'] * 1e3:.0f} ms ({r['peer'] / r['before']:.2f}x)" if "before" in r else ""
+    print(f"  {r['model']} {r['n']} x {r['kind']}: bge_ref {r['bge_ref'] * 1e3:.0f} ms, {r['peer_name']} "
+          f"{r['peer'] * 1e3:.0f} ms ({r['peer'] / r['bge_ref']:.2f}x){extra}", file=sys.stderr)
+
+
+def table(rows) -> list[str]:
+    before = any("before" in r for r in rows)
+    out = ["| model | workload | tokens | bge_ref ms | peer | peer ms | speed vs peer | goal | vs bare BLAS |"
+           + (" before #22: speed vs peer |" if before else ""),
+           "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: |" + (" ---: |" if before else "")]
+    for r in rows:
+        ratio = r["peer"] / r["bge_ref"]
+        goal = GOALS.get((r["model"], r["kind"], r["n"]))
+        goal_text = "-" if goal is None else f">= {goal}x: {'met' if ratio >= goal else '**not met**'}"
+        bare = "-"
+        if "bare" in r:
+            b = r["bge_ref"] / r["bare"]
+            bare = f"{b:.2f}x ({r['bare'] * 1e3:.0f} ms)" + (
+                f", <= {BARE_GOAL}x: {'met' if b <= BARE_GOAL else '**not met**'}" if r["n"] == 1 else "")
+        what = r["kind"] if r["kind"] in ("8x128 forward", "corpus") else f"{r['n']} {r['kind']}{'s' * (r['n'] > 1)}"
+        out.append(f"| {r['model']} | {what} | {r['tokens']:,} | {r['bge_ref'] * 1e3:,.0f} | {r['peer_name']} | "
+                   f"{r['peer'] * 1e3:,.0f} | **{ratio:.2f}x** | {goal_text} | {bare} |"
+                   + (f" {r['peer'] / r['before']:.2f}x |" if "before" in r else " - |" if before else ""))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=3, help="timed calls per peer and workload (best kept)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for bge_ref and torch alike")
+    ap.add_argument("--write-docs", metavar="PATH", help="write the markdown report to PATH")
+    ap.add_argument("--layouts", action="store_true", help="also time the thread layouts by token rows")
+    ap.add_argument("--only", choices=("bge-large", "MiniLM"), help="one model only")
+    ap.add_argument("--counts", default=",".join(map(str, COUNTS)), help="texts per call, comma-separated")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time bge_ref as before issue #22 (rows split at any size, full last layer)")
+    args = ap.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    import torch
+    torch.set_num_threads(args.threads)
+    threads.THREADS = args.threads
+    started, load = datetime.datetime.now(datetime.timezone.utc), os.getloadavg()
+    rows = []
+    if args.only != "MiniLM":
+        rows += bge_large_rows(args.repeat, counts, args.baseline)
+    if args.only != "bge-large":
+        rows += minilm_rows(args.repeat, counts)
+    extra = layouts(args.repeat) if args.layouts else []
+    after = os.getloadavg()
+    cmd = "python benchmarks/latency.py" + "".join(
+        f" {a}" for a in sys.argv[1:] if not a.startswith("--write-docs") and a != args.write_docs)
+    kernel = os.environ.get("OPENBLAS_CORETYPE")
+    lines = [
+        "# Latency: bge_ref against transformers and sentence-transformers",
+        "",
+        f"Generated {started:%Y-%m-%d %H:%M} UTC by `{cmd}`{f' with OPENBLAS_CORETYPE={kernel}' if kernel else ''}.",
+        "",
+        f"- CPU: **{cpu()}**, {os.cpu_count()} cores visible",
+        f"- NumPy {np.__version__} with {numpy_blas()}; torch {torch.__version__}",
+        f"- threads: bge_ref {threads.THREADS}, torch {torch.get_num_threads()}",
+        f"- load average (1 min) before {load[0]:.2f}, after {after[0]:.2f}; best of {args.repeat} calls, "
+        "peers alternating",
+        "",
+        "Speed vs peer is the peer's time over bge_ref's (above 1: bge_ref is faster). bge-large size is a "
+        "seeded random checkpoint of bge-large-en-v1.5's exact shape; `encode()` against transformers' "
+        "tokenizer + BertModel + [CLS] + L2 normalize on the same batch. MiniLM is the real all-MiniLM-L6-v2, "
+        "against sentence-transformers' `encode()`. Queries are ~10 tokens, passages ~128; the corpus is "
+        "benchmarks/bench.py's 1000 texts of 3 to 250 words. 'vs bare BLAS' is bge_ref's time over the bare "
+        "`x @ w` of every projection at the batch's token rows, NumPy's BLAS on all threads.",
+        "",
+        *table(rows),
+    ]
+    if extra:
+        lines += ["", "Thread layout by token rows (bge-large size forward of one sequence; "
+                  f"`fast.FEW_ROWS` = {fast.FEW_ROWS} picks columns below it):", "", *extra]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_docs:
+        out = Path(args.write_docs)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
