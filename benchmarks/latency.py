@@ -1,4 +1,4 @@
-"""Latency of a call, as an application sees it (issue #22): 1, 4 and 32 texts, short queries and
+"""Latency of a call, as an application sees it: 1, 4 and 32 texts, short queries and
 ~128-token passages, bge_ref's encode() against its peers, interleaved in one process.
 
     python benchmarks/latency.py                                        # print the table
@@ -8,7 +8,7 @@
 
 Peers, on the same number of threads (--threads, default 2):
 - bge-large size (a seeded random 24 x 1024 checkpoint with bge-large-en-v1.5's exact config and
-  trained-like weight scales, tests.checkpoints.make_bge_large_random, built once in the cache
+  trained-like weight scales, bge_ref.testing.checkpoints.make_bge_large_random, built once in the cache
   directory): `encode(texts)` (CLS pooling + L2) against transformers' tokenizer + BertModel +
   CLS + L2 normalize on the same texts in one batch; and one 8 x 128 forward against BertModel's.
   For the query rows, also the bare `x @ w` of every projection at the batch's token rows with
@@ -27,12 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
 import bge_ref  # noqa: E402  (before NumPy: OpenBLAS's idle-thread timeout as in the forward)
 import numpy as np  # noqa: E402
 from bge_ref import fast, threads  # noqa: E402
-from readme_regions import cpu, numpy_blas  # noqa: E402
+from bge_ref.testing.readme import cpu, numpy_blas  # noqa: E402
 
 QUERY = "what is the boiling point of water at altitude"        # ~10 tokens with [CLS] and [SEP]
 COUNTS = (1, 4, 32)
@@ -48,7 +46,7 @@ def cache_dir() -> Path:
 
 
 def bge_large_dir() -> Path:
-    from tests.checkpoints import make_bge_large_random
+    from bge_ref.testing.checkpoints import make_bge_large_random
     d = cache_dir() / "bge-large-scaled"
     if not (d / "model.safetensors").is_file():
         make_bge_large_random(d, seed=0)
@@ -57,7 +55,7 @@ def bge_large_dir() -> Path:
 
 def texts(kind, n, seed=0) -> list[str]:
     """n distinct short queries, or n passages of ~128 tokens, from the vocabulary's whole words."""
-    from tests.checkpoints import minilm_dir
+    from bge_ref.testing.checkpoints import minilm_dir
     words = [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 2]
     rng = np.random.default_rng(seed)
     if kind == "query":
@@ -93,7 +91,7 @@ def bare_projections(model, N):
 
 
 def as_before(ours, fn):
-    """fn run as bge_ref ran before issue #22: every core on its own rows (fast.FEW_ROWS 0), and the
+    """fn run as bge_ref ran before the few-rows layout and cls_only: every core on its own rows (fast.FEW_ROWS 0), and the
     last layer computed for every row (no cls_only)."""
     def run():
         saved, forward = fast.FEW_ROWS, ours.forward
@@ -154,7 +152,7 @@ def bge_large_rows(repeat, counts, baseline=False) -> list[dict]:
 def minilm_rows(repeat, counts) -> list[dict]:
     from sentence_transformers import SentenceTransformer
     from bench import corpus
-    from tests.checkpoints import minilm_dir
+    from bge_ref.testing.checkpoints import minilm_dir
     ours = bge_ref.load(minilm_dir())
     st = SentenceTransformer(str(minilm_dir()), device="cpu")
     rows = []
@@ -213,7 +211,7 @@ def table(rows) -> list[str]:
             b = r["bge_ref"] / r["bare"]
             bare = f"{b:.2f}x ({r['bare'] * 1e3:.0f} ms)" + (
                 f", <= {BARE_GOAL}x: {'met' if b <= BARE_GOAL else '**not met**'}" if r["n"] == 1 else "")
-        what = r["kind"] if r["kind"] in ("8x128 forward", "corpus") else f"{r['n']} {r['kind']}{'s' * (r['n'] > 1)}"
+        what = r["kind"] if r["kind"] in ("8x128 forward", "corpus") else f"{r['n']} {r['kind'] if r['n'] == 1 else {'query': 'queries', 'passage': 'passages'}[r['kind']]}"
         out.append(f"| {r['model']} | {what} | {r['tokens']:,} | {r['bge_ref'] * 1e3:,.0f} | {r['peer_name']} | "
                    f"{r['peer'] * 1e3:,.0f} | **{ratio:.2f}x** | {goal_text} | {bare} |"
                    + (f" {r['peer'] / r['before']:.2f}x |" if "before" in r else " - |" if before else ""))
@@ -229,7 +227,7 @@ def main():
     ap.add_argument("--only", choices=("bge-large", "MiniLM"), help="one model only")
     ap.add_argument("--counts", default=",".join(map(str, COUNTS)), help="texts per call, comma-separated")
     ap.add_argument("--baseline", action="store_true",
-                    help="also time bge_ref as before issue #22 (rows split at any size, full last layer)")
+                    help="also time bge_ref as before the few-rows layout (rows split at any size, full last layer)")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     import torch
