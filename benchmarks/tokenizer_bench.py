@@ -43,7 +43,7 @@ def peers(directory: Path):
     """name -> a function that builds the tokenizer and returns its texts -> ids function."""
     from tokenizers import Tokenizer as RustTokenizer
 
-    from bge_ref.wordpiece import WordPieceTokenizer
+    from bge_ref.tokenizer_json import wordpiece_tokenizer
     try:
         from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as BertTokenizer
     except ImportError:  # transformers 4: BertTokenizer is the pure-Python one
@@ -52,7 +52,7 @@ def peers(directory: Path):
     logging.set_verbosity_error()  # "sequence longer than 512" warnings
 
     def ours():
-        wp = WordPieceTokenizer.from_file(directory / "tokenizer.json")
+        wp = wordpiece_tokenizer(directory / "tokenizer.json")
         return lambda texts: [wp.encode(t).ids for t in texts]
 
     def rust():

@@ -21,8 +21,9 @@ import numpy as np
 
 from . import jsonfile
 from .errors import BgeRefError, CheckpointError, InputError
+from .tokenizer_json import check_token_ids, read_template, wordpiece_tokenizer
 from .wordpiece import (ASCII_PUNCTUATION, CJK, DECOMPOSES_TO_SPLIT, OTHER, PUNCTUATION, WHITESPACE,
-                        WordPieceTokenizer, _added_regex, check_token_ids, read_template)
+                        WordPieceTokenizer, _added_regex)
 
 BACKENDS = ("python", "tokenizers")
 
@@ -47,13 +48,13 @@ class Tokenizer:
             raise CheckpointError(f"{path}: tokenizer.json must hold a JSON object")
         check_token_ids(spec, path)  # whichever backend: tokenizers takes an id of 4e9, or one id twice
         if backend == "python":
-            self._python = WordPieceTokenizer.from_spec(spec, path)
+            self._python = wordpiece_tokenizer(path, spec)
             self.vocab_size = self._python.vocab_size
             bert, template = self._python, self._python.template
         else:
             self._load_tokenizers(data, path)
             try:  # wordpiece.py's reading of the same file, for PrefixCut only
-                bert = WordPieceTokenizer.from_spec(spec, path)
+                bert = wordpiece_tokenizer(path, spec)
             except CheckpointError:
                 bert = None  # not BERT's pipeline: texts are tokenized whole
             try:

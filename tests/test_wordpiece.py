@@ -16,8 +16,9 @@ from tokenizers import normalizers, pre_tokenizers
 from bge_ref import CheckpointError
 from bge_ref.testing.checkpoints import minilm_dir
 from bge_ref.tokenizer import Tokenizer
+from bge_ref.tokenizer_json import read_spec, wordpiece_tokenizer
 from bge_ref.wordpiece import (WordPieceTokenizer, added_vocabulary, bert_normalizer, bert_pre_tokenizer,
-                               read_spec, template_processing, wordpiece)
+                               template_processing, wordpiece)
 
 from .conftest import TEXTS
 from .test_references import UNCASED_IDS
@@ -78,7 +79,7 @@ def assert_same_ids(ours: WordPieceTokenizer, ref: RustTokenizer, texts, max_len
 @functools.cache
 def minilm_pair():
     """(ours, tokenizers') on all-MiniLM-L6-v2's tokenizer.json: bge's uncased BERT vocabulary."""
-    return WordPieceTokenizer.from_file(minilm_dir() / "tokenizer.json"), rust(SPEC)
+    return wordpiece_tokenizer(minilm_dir() / "tokenizer.json"), rust(SPEC)
 
 
 def test_pydoc_topics():
