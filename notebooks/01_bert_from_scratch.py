@@ -53,6 +53,7 @@ import bge_ref
 from bge_ref import model as M          # the reference blocks: embeddings, self_attention, layer, ...
 from bge_ref import wordpiece as W      # the tokenizer's stages: bert_normalizer, wordpiece, ...
 from bge_ref.hub import resolve
+from bge_ref.tokenizer_json import read_spec  # tokenizer.json read for wordpiece.py, every id checked
 from common import MODEL, check, describe, save  # notebooks/common.py, beside this notebook
 
 directory = Path(resolve(MODEL))                           # hub cache or local checkpoint directory
@@ -99,7 +100,7 @@ def label(piece):
 # %%
 sentence = "Crème brûlée in 東京?\tTokenizers split unfamiliar words 🙂!"
 tokenizer_json = directory / "tokenizer.json"
-spec = W.read_spec(json.loads(tokenizer_json.read_text(encoding="utf-8")), tokenizer_json)  # what each stage reads
+spec = read_spec(json.loads(tokenizer_json.read_text(encoding="utf-8")), tokenizer_json)  # what each stage reads
 rust = tokenizers.Tokenizer.from_file(str(tokenizer_json))   # the reference: the same file, read by `tokenizers`
 rust.no_padding()
 rust.no_truncation()
