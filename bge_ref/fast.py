@@ -11,8 +11,9 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
   core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
   Below FEW_ROWS token rows (a query or a few) the forward is bound by reading the weights, and
-  that layout would have every core stream every weight matrix: there each projection's output
-  columns are split over the cores instead (gemm.on_blocks), so each core reads its own part;
+  that layout would have every core stream every weight matrix: there each projection is one
+  sgemm_batch call (gemm.batched) whose chunks of K the BLAS's threads share, so each core reads
+  its own rows of w, and the small attention runs in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -136,11 +137,13 @@ def self_attention(x, runs, qkv, n_head):
         out = ctx[r].reshape(b, S, n_head, D // n_head).transpose(0, 2, 1, 3)  # (b, H, S, Dh) view
         out[:, heads] = attention(q[:, heads], k[:, heads], v[:, heads], None, scale=1.0)  # q is scaled
 
-    if N < FEW_ROWS:
-        project(slice(0, N))                                 # gemm splits the weights' columns over the cores
+    if N < FEW_ROWS:                                         # gemm shares each weight matrix between the cores
+        project(slice(0, N))
+        for args in attention_blocks(runs, n_head, x.itemsize, 1):
+            block(*args)                                     # a few rows' attention: less than waking a thread
+        return ctx                                           # (N, D)
     with threads.split() as parts:
-        if N >= FEW_ROWS:
-            threads.run(project, _rows(N, parts), parts > 1)
+        threads.run(project, _rows(N, parts), parts > 1)
         threads.run(block, attention_blocks(runs, n_head, x.itemsize, parts), parts > 1)
     return ctx                                               # (N, D)
 
@@ -314,9 +317,10 @@ def attention_blocks(runs, n_head, itemsize, parts):
     return blocks
 
 
-# Below this many token rows a forward splits each weight's output columns over the cores (gemm.py)
-# instead of giving each core its own rows: with few rows every core would stream every weight
-# matrix, and the forward is bound by reading the weights. Measured: benchmarks/latency.py --layouts.
+# Below this many token rows a forward leaves each projection to gemm.py (one sgemm_batch call, the
+# cores sharing the weights' rows) instead of giving each core its own token rows: with few rows
+# every core would stream every weight matrix, and the forward is bound by reading the weights.
+# Measured: benchmarks/latency.py --layouts.
 FEW_ROWS = 64
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).

@@ -16,9 +16,11 @@ separate partial sums, added at the end (one extra pass over the output per GROU
 
 Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
 kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 1.02-1.18x the CPU time of `x @ w`.
-Threads: the rows (or, with few rows, the output columns) are split over the cores, BLAS
+Threads: the rows (or, with fewer, the output columns) are split over the cores, BLAS
 single-threaded in each block (on_blocks), so that the threads meet once per product rather than at
-a BLAS barrier after every chunk.
+a BLAS barrier after every chunk. Below BATCH_ROWS rows (a query), one cblas_sgemm_batch call
+computes every chunk's product, the BLAS's own threads sharing the chunks, and they are summed after
+(batched): one barrier per product, and no Python thread to wake.
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
@@ -40,6 +42,9 @@ CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
 MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_blocks)
 MIN_BLOCK_COLS = 64   # output columns of a block when, with fewer rows, the columns are split instead
+BATCH_ROWS = 128      # fewer rows than this: one sgemm_batch call for every chunk (batched)
+BATCH_CHUNK = 64      # batched's chunk
+SMALL_MNK = 100 ** 3  # OpenBLAS's gemm_batch takes products of m * n * k up to this as small (batched)
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
@@ -72,8 +77,9 @@ def matmul(x, w, out=None, accumulate=False):
     if accumulate and y is not out:
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
-    product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
-    on_blocks(lambda rows, cols: chunked(x[rows], w[:, cols], y[rows, cols], product(), accumulate), N, M)
+    if not (N < BATCH_ROWS and not threads.in_part() and batched(x, w, y, accumulate)):
+        product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
+        on_blocks(lambda rows, cols: chunked(x[rows], w[:, cols], y[rows, cols], product(), accumulate), N, M)
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
@@ -97,6 +103,50 @@ def chunked(x, w, y, add_product, accumulate=False):
             y += part                                     # (N, M)
 
 
+def batched(x, w, y, accumulate=False):
+    """chunked()'s result for a few rows, from one cblas_sgemm_batch call: every chunk's product
+    into an array of its own, computed by the BLAS's own threads (each takes whole chunks, so each
+    reads its own rows of w), then summed in chunked()'s order (so the same bits). False, with y
+    untouched, where it does not apply (no sgemm_batch, padding beyond BATCH_ROWS, integer limits).
+
+    Why: with a few rows the product is bound by reading w. A BLAS call per chunk meets the other
+    cores at a barrier every chunk; splitting the columns over bge_ref's pool has them meet once per
+    product, but in Python, whose thread wake-ups cost more than a chunk (one bge-large query's
+    projections: 321 ms; this: 220 ms; plain `x @ w` on both cores: 215 ms, benchmarks/latency.py).
+    Rows of zeros are added below x where a chunk's product would be small enough (m * n * k of at
+    most 100^3) for OpenBLAS's gemm_batch to hand it to its small-matrix kernels, which crash in
+    its DYNAMIC_ARCH builds (0.3.31: a kernel table's offset is called as an address)."""
+    batch, sgemm = blas_batch(), blas()
+    N, K = x.shape
+    M = w.shape[1]
+    chunk = BATCH_CHUNK
+    sizes = [min(chunk, K - k) for k in range(0, K, chunk)]
+    rows = max(N, SMALL_MNK // (M * sizes[-1]) + 1)
+    if batch is None or sgemm is None or rows >= BATCH_ROWS or not _fits(sgemm, x, w, y):
+        return False
+    if rows > N or _blas_layout(x)[0] != NO_TRANS:
+        x = np.concatenate([x, np.zeros((rows - N, K), np.float32)])  # (rows, K) row-major, zeros below
+    (ta, lda), (tb, ldb) = _blas_layout(x), _blas_layout(w)
+    parts = np.empty((len(sizes), rows, M), np.float32)  # (C, rows, M) chunk c's product
+    step = 4 * (ldb if tb == NO_TRANS else 1)            # bytes from one row of w to the next
+    by_size = {k: [c for c, n in enumerate(sizes) if n == k] for k in dict.fromkeys(sizes)}  # a group per size
+    order = [c for cs in by_size.values() for c in cs]
+    i, p, f, G, C = sgemm.argtypes[3], ctypes.c_void_p, ctypes.c_float, len(by_size), len(sizes)
+    batch(ROW_MAJOR, (ctypes.c_int * G)(*[ta] * G), (ctypes.c_int * G)(*[tb] * G), (i * G)(*[rows] * G),
+          (i * G)(*[M] * G), (i * G)(*by_size), (f * G)(*[1.0] * G),
+          (p * C)(*[x.ctypes.data + 4 * c * chunk for c in order]), (i * G)(*[lda] * G),
+          (p * C)(*[w.ctypes.data + step * c * chunk for c in order]), (i * G)(*[ldb] * G),
+          (f * G)(*[0.0] * G), (p * C)(*[parts[c].ctypes.data for c in order]), (i * G)(*[M] * G),
+          G, (i * G)(*map(len, by_size.values())))
+    for g, (g0, g1) in enumerate(groups(K)):             # as chunked(): groups of chunks, then the groups
+        part = np.add.reduce(parts[g0 // chunk:-(-g1 // chunk), :N], axis=0)  # (N, M) one after the other
+        if g == 0 and not accumulate:
+            y[...] = part
+        else:
+            y += part
+    return True
+
+
 def on_blocks(fn, N, M):
     """fn(rows, cols) over the (N, M) output: one block per core on bge_ref's thread pool with BLAS
     single-threaded, or in this thread with one block of everything.
@@ -109,16 +159,16 @@ def on_blocks(fn, N, M):
     the weight matrix rather than every core all of it: with a few rows the product is bound by
     reading the weights (a 15-token query: 1.2 GB of them, and 9 GFLOP). The split needs
     threadpoolctl (the `fast` extra) and the BLAS thread count free to change
-    (threads.blas_limit_lock not held by another thread). The lock is reentrant, so a caller
-    already in a single-threaded block on this thread still splits, under a nested limit of its
-    own. Otherwise BLAS threads each call itself.
+    (threads.blas_limit_lock not held by another thread), and a caller that is not itself one part
+    of a split (threads.in_part: the other cores are busy with the other parts). Otherwise BLAS
+    threads each call itself.
     """
     every = slice(None)
     if N >= 2 * MIN_BLOCK_ROWS:
         blocks = [(rows, every) for rows in threads.chunks(N, min(threads.THREADS, N // MIN_BLOCK_ROWS))]
     else:
         blocks = [(every, cols) for cols in threads.chunks(M, max(1, min(threads.THREADS, M // MIN_BLOCK_COLS)))]
-    if len(blocks) > 1 and threads.blas_limit_lock.acquire(blocking=False):
+    if len(blocks) > 1 and not threads.in_part() and threads.blas_limit_lock.acquire(blocking=False):
         try:
             limit = threads.blas_single_threaded()
             if limit is not None:
@@ -218,8 +268,37 @@ def blas():
     return _blas
 
 
+_batch = False  # not looked up yet
+
+
+def blas_batch():
+    """NumPy's OpenBLAS cblas_sgemm_batch (OpenBLAS >= 0.3.27) as a ctypes function, or None."""
+    global _batch
+    if _batch is False:
+        found = _find_openblas()
+        _batch = found and _batch_function(found[2], found[3], found[0].argtypes[3])
+    return _batch
+
+
+def _batch_function(lib, sgemm_name, integer):
+    """The library's sgemm_batch beside its sgemm (same prefix and suffix), typed, or None."""
+    batch = getattr(lib, sgemm_name.replace("sgemm", "sgemm_batch"), None)
+    if batch is None:
+        return None
+    p = ctypes.c_void_p                                   # every array argument is a pointer
+    batch.argtypes = [ctypes.c_int] + [p] * 13 + [integer, p]
+    batch.restype = None
+    return batch
+
+
 def find_sgemm():
     """(cblas_sgemm, OpenBLAS's config text) from the first library that has both, or None."""
+    found = _find_openblas()
+    return found and found[:2]
+
+
+def _find_openblas():
+    """(cblas_sgemm, config text, library, sgemm's symbol name) of the first library with both, or None."""
     for lib in _candidate_libraries():
         for sgemm_name, config_name in SYMBOLS:
             sgemm, config = getattr(lib, sgemm_name, None), getattr(lib, config_name, None)
@@ -233,7 +312,7 @@ def find_sgemm():
             e, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
             sgemm.argtypes = [e, e, e, i, i, i, f, p, i, p, i, f, p, i]
             sgemm.restype = None
-            return sgemm, text
+            return sgemm, text, lib, sgemm_name
     return None
 
 

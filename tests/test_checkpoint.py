@@ -29,12 +29,29 @@ def _rewrite(d, fn):
     save_file(tensors, d / "model.safetensors")
 
 
-def test_memory_mapped_and_transposed(ckpt):
-    m = bge_ref.load(ckpt)
-    w = m.params["layers"][0]["inter"]["dense"]["w"]
-    assert not w.flags.owndata and not w.flags.writeable  # a view of the mapped file
-    ref = load_file(ckpt / "model.safetensors")["encoder.layer.0.intermediate.dense.weight"]
-    np.testing.assert_array_equal(w, ref.T)
+@pytest.mark.parametrize("weights_dtype", [None, "float16"])
+def test_weights_transposed_into_row_major_arrays(ckpt, weights_dtype):
+    """Every encoder matrix is its HF weight transposed, stored row-major (gemm.py reads chunks of
+    its rows), the tiled copy exact at every tile edge; the word table stays a view of the file."""
+    m = bge_ref.load(ckpt, weights_dtype=weights_dtype)
+    ref = load_file(ckpt / "model.safetensors")
+    p = "encoder.layer.1."
+    layer = m.params["layers"][1]
+    pairs = [(layer["attn_out"]["dense"]["w"], ref[p + "attention.output.dense.weight"]),
+             (layer["inter"]["dense"]["w"], ref[p + "intermediate.dense.weight"]),
+             (layer["out"]["dense"]["w"], ref[p + "output.dense.weight"]),
+             (layer["attn"]["qkv"]["w"], np.concatenate([ref[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]))]
+    for w, hf in pairs:
+        assert w.flags.c_contiguous and w.dtype == (weights_dtype or np.float32)
+        np.testing.assert_array_equal(w, hf.T.astype(w.dtype))
+    assert not m.params["embeddings"]["word"].flags.owndata  # a view of the mapped file
+
+
+def test_row_major_copy_is_exact_at_tile_edges(monkeypatch):
+    from bge_ref import checkpoint
+    monkeypatch.setattr(checkpoint, "TILE", 5)
+    a, b = np.arange(7 * 13, dtype=np.float32).reshape(7, 13), np.arange(3 * 13, dtype=np.float32).reshape(3, 13)
+    np.testing.assert_array_equal(checkpoint._row_major([a, b]), np.concatenate([a, b]).T)
 
 
 def test_truncated_file(ckpt):

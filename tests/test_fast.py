@@ -216,6 +216,20 @@ def test_float32_error_within_torch_on_minilm(minilm_path, minilm_oracle):
     assert not over, over
 
 
+@pytest.mark.parametrize("texts", [["what is the boiling point of water"], TEXTS[:3]])
+def test_float32_error_within_torch_for_a_few_rows(minilm_path, texts):
+    """One query, or a few texts: the forward's few-rows layout (one sgemm_batch call per
+    projection, gemm.batched) within 1.2x transformers' float32 error too, at every stage."""
+    from bge_ref.testing.oracle import four_runs, oracle_study
+    from bge_ref.verify import compare_stages, run_ours
+    batch = bge_ref.load(minilm_path).tokenize(texts)
+    assert batch["attention_mask"].sum() < fast.FEW_ROWS
+    runs = four_runs(minilm_path, batch)
+    ours = compare_stages(runs["ours", "float64"], run_ours(bge_ref.load(minilm_path), batch), title="bge_ref float32")
+    over = beyond_torch(ours, oracle_study(runs)["torch32"])
+    assert not over, over
+
+
 def _tanh_gelu_intermediate(x, dense):  # "gelu_new", the tanh approximation, where BERT uses erf
     h = x @ dense["w"].astype(x.dtype) + dense["b"]
     return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))

@@ -24,13 +24,14 @@ def numpy_only(x, w):
     return y
 
 
-def accuracy_ratios(seed=0, paths=("blas", "numpy")):
+def accuracy_ratios(seed=0, paths=("blas", "numpy"), rows=1024):
     """{path: {projection: (rms ratio, max ratio)}}: gemm.matmul's error over torch.matmul's at
-    N = 1024, through NumPy's OpenBLAS ("blas") and through the NumPy-only fallback ("numpy")."""
+    N = rows, through NumPy's OpenBLAS ("blas": rows split over the cores at 1024 rows, one
+    sgemm_batch call at 12) and through the NumPy-only fallback ("numpy")."""
     torch.set_num_threads(2)
     out = {p: {} for p in paths}
     for name, K, M, kind in PROJECTIONS:
-        x, w = projection_inputs(1024, K, M, kind, seed)
+        x, w = projection_inputs(rows, K, M, kind, seed)
         exact = x.astype(np.float64) @ w.astype(np.float64)  # (N, M)
         tr, tm = errors((torch.from_numpy(x) @ torch.from_numpy(w)).numpy(), exact)
         for path in paths:
@@ -210,10 +211,11 @@ def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, bloc
 
 @pytest.mark.parametrize("n_threads, N, M, blocks", [(2, 15, 300, 2), (3, 255, 1000, 3), (2, 1, 127, 1), (8, 4, 200, 3)])
 def test_few_rows_split_the_columns_over_the_pool(path, n_threads, N, M, blocks, monkeypatch):
-    """Fewer rows than two row blocks: the output columns are split instead (each core reads its
-    own columns of w), blocks of at least MIN_BLOCK_COLS; every element written, once, and the
-    product as with one block up to rounding (edge tiles may take another kernel)."""
+    """Fewer rows than two row blocks (and no sgemm_batch call): the output columns are split
+    instead (each core reads its own columns of w), blocks of at least MIN_BLOCK_COLS; every element
+    written, once, and the product as with one block up to rounding (edge tiles may take another kernel)."""
     monkeypatch.setattr(threads, "THREADS", n_threads)
+    monkeypatch.setattr(gemm, "BATCH_ROWS", 0)
     x, w = projection_inputs(N, 1024, M, "ln")
     calls, run = [], threads.run
     monkeypatch.setattr(threads, "run", lambda fn, args: calls.append([c for _, c in args]) or run(fn, args))
@@ -303,6 +305,75 @@ def test_called_from_the_pool_itself(monkeypatch):
     assert len(results) == 4
 
 
+# -- a few rows: one sgemm_batch call --
+
+class RecordingBatch:
+    """Stands for cblas_sgemm_batch: records each group's (m, n, k, size), then calls the real one."""
+    def __init__(self, real):
+        self.real, self.argtypes, self.calls = real, real.argtypes, []
+
+    def __call__(self, *args):
+        G = args[14]
+        self.calls.append([(args[3][g], args[4][g], args[5][g], args[15][g]) for g in range(G)])
+        return self.real(*args)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    assert gemm.blas_batch() is not None, "NumPy's OpenBLAS has no cblas_sgemm_batch"
+    rec = RecordingBatch(gemm.blas_batch())
+    monkeypatch.setattr(gemm, "_batch", rec)
+    return rec
+
+
+@pytest.mark.parametrize("N, K, M", [(1, 1024, 1024), (12, 1024, 3072), (12, 4096, 1024), (100, 384, 384),
+                                     (3, 1536, 384), (40, 1000, 700)])
+@pytest.mark.parametrize("layout", ["row-major", "transposed"])
+def test_few_rows_take_one_batch_call_summed_as_chunked(recording, N, K, M, layout):
+    """Fewer than BATCH_ROWS rows: one sgemm_batch call, every chunk (of BATCH_CHUNK) once, each
+    product above OpenBLAS's small-matrix bound (its DYNAMIC_ARCH builds crash there), the result
+    chunked()'s up to rounding."""
+    x, w = projection_inputs(N, K, M, "ln")
+    w = np.ascontiguousarray(w) if layout == "row-major" else w
+    bias = np.arange(M, dtype=np.float32)
+    for accumulate in (False, True):
+        y = gemm.matmul(x, w, out=np.tile(bias, (N, 1)), accumulate=accumulate)
+        if not accumulate:
+            close_to_matmul(y, x, w)
+        want = np.tile(bias, (N, 1))
+        gemm.chunked(x, w, want, gemm._blas_product(gemm.blas()), accumulate)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
+    assert len(recording.calls) == 2
+    groups = recording.calls[0]
+    assert sum(size * k for _, _, k, size in groups) == K and all(k <= gemm.BATCH_CHUNK for _, _, k, _ in groups)
+    assert all(m * n * k > 100 ** 3 and m >= N for m, n, k, _ in groups)
+
+
+def test_batch_not_taken_in_a_split_part_nor_above_batch_rows(recording, monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 2)
+    x, w = projection_inputs(12, 1024, 300, "ln")
+    threads.run(lambda i: close_to_matmul(gemm.matmul(x, w), x, w), [(0,), (1,)])
+    assert recording.calls == []                         # in a part: the other core is busy with the other
+    x, w = projection_inputs(gemm.BATCH_ROWS, 1024, 300, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert recording.calls == []
+
+
+def test_without_sgemm_batch_few_rows_split_the_columns(monkeypatch):
+    monkeypatch.setattr(gemm, "_batch", None)
+    monkeypatch.setattr(threads, "THREADS", 2)
+    calls, run = [], threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
+    x, w = projection_inputs(12, 1024, 300, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert calls == [2]
+
+
+def test_finds_sgemm_batch_beside_sgemm():
+    batch, sgemm = gemm.blas_batch(), gemm.blas()
+    assert batch is not None and batch.argtypes[14] is sgemm.argtypes[3]  # the same integer width
+
+
 # -- finding the BLAS --
 
 def test_finds_numpys_openblas_with_its_integer_width():
@@ -358,6 +429,20 @@ def test_error_no_larger_than_torch():
     assert gemm.blas() is not None
     worse = above_torch(accuracy_ratios())
     assert not worse, f"{blas_kernel()} kernel: (rms, max) error / torch's above 1 at {worse}"
+
+
+def test_few_rows_error_no_larger_than_the_chunked_loop():
+    """12 rows, one sgemm_batch call: its shorter chunks keep the error at most that of chunked()
+    (torch's own kernel for a few rows sums more accurately still: tests/test_fast.py holds the
+    whole one-query forward within 1.2x transformers' error)."""
+    assert gemm.blas_batch() is not None
+    ratios = accuracy_ratios(rows=12)
+    worse = {}
+    for name, (rms, most) in ratios["blas"].items():
+        loop_rms, loop_most = ratios["numpy"][name]
+        if rms > loop_rms or most > loop_most:
+            worse[name] = ((rms, most), (loop_rms, loop_most))
+    assert not worse, f"{blas_kernel()} kernel: sgemm_batch's (rms, max) ratios to torch above chunked()'s at {worse}"
 
 
 def test_error_no_larger_than_torch_under_the_haswell_kernel():

@@ -2,6 +2,7 @@
 import os
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,9 +17,15 @@ pytestmark = pytest.mark.quick  # needs no torch
 def test_run_keeps_order_and_uses_the_pool(n_threads, monkeypatch):
     monkeypatch.setattr(threads, "THREADS", n_threads)
     names = set()
-    out = threads.run(lambda i, j: names.add(threading.current_thread().name) or i * j, [(i, 2) for i in range(50)])
+
+    def part(i, j):
+        names.add(threading.current_thread().name)
+        time.sleep(0.002)                                # long enough for every thread to take a part
+        return i * j
+    out = threads.run(part, [(i, 2) for i in range(50)])
     assert out == [2 * i for i in range(50)]
-    assert any(n.startswith("bge_ref") for n in names) == (n_threads > 1)
+    assert len(names) == n_threads                       # this thread and THREADS - 1 of the pool's
+    assert sum(n.startswith("bge_ref") for n in names) == n_threads - 1
 
 
 def test_run_raises_the_first_error_in_argument_order(monkeypatch):
