@@ -167,10 +167,11 @@ def minilm_rows(repeat, counts) -> list[dict]:
 
 
 def layouts(repeat, sizes=(8, 16, 32, 48, 64, 96, 128, 256)) -> list[str]:
-    """bge-large size forward at N token rows (one sequence), with the weights' columns split over
-    the cores (fast.FEW_ROWS above N) against each core on its own rows (FEW_ROWS 0)."""
+    """bge-large size forward at N token rows (one sequence), in the few-rows layout (fast.FEW_ROWS
+    above N: each projection left to gemm.py, one sgemm_batch call below gemm.BATCH_ROWS rows, the
+    weights' columns split over the cores above) against each core on its own rows (FEW_ROWS 0)."""
     ours = bge_ref.load(bge_large_dir())
-    saved, out = fast.FEW_ROWS, ["| token rows | columns split (ms) | rows split (ms) | columns / rows |",
+    saved, out = fast.FEW_ROWS, ["| token rows | few-rows layout (ms) | rows split (ms) | few-rows / rows |",
                                  "| ---: | ---: | ---: | ---: |"]
     try:
         for N in sizes:
@@ -182,8 +183,8 @@ def layouts(repeat, sizes=(8, 16, 32, 48, 64, 96, 128, 256)) -> list[str]:
                     fast.FEW_ROWS = v
                     ours.forward(ids, np.ones_like(ids))
                 return run
-            t = best({"columns": with_few_rows(1 << 30), "rows": with_few_rows(0)}, repeat)
-            out.append(f"| {N} | {t['columns'] * 1e3:.0f} | {t['rows'] * 1e3:.0f} | {t['columns'] / t['rows']:.2f} |")
+            t = best({"few": with_few_rows(1 << 30), "rows": with_few_rows(0)}, repeat)
+            out.append(f"| {N} | {t['few'] * 1e3:.0f} | {t['rows'] * 1e3:.0f} | {t['few'] / t['rows']:.2f} |")
             print(out[-1], file=sys.stderr)
     finally:
         fast.FEW_ROWS = saved

@@ -320,8 +320,9 @@ def attention_blocks(runs, n_head, itemsize, parts):
 # Below this many token rows a forward leaves each projection to gemm.py (one sgemm_batch call, the
 # cores sharing the weights' rows) instead of giving each core its own token rows: with few rows
 # every core would stream every weight matrix, and the forward is bound by reading the weights.
-# Measured: benchmarks/latency.py --layouts.
-FEW_ROWS = 64
+# Measured (benchmarks/latency.py --layouts, Intel Xeon): few-rows layout / rows split 0.69 at 16
+# rows, 0.95 at 64, 1.05 at 96.
+FEW_ROWS = 80
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20

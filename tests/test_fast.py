@@ -76,8 +76,8 @@ def test_cls_only_last_layer_gives_the_cls_rows(tiny, minilm_path, which, dtype)
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, monkeypatch):
-    """Below FEW_ROWS the weights' columns are split over the cores, above it the rows: the same
-    function either way (1e-13 in float64, float32 rounding otherwise)."""
+    """Below FEW_ROWS each projection is left to gemm.py (one sgemm_batch call), above it each core
+    takes its own rows: the same function either way (1e-13 in float64, float32 rounding otherwise)."""
     model = bge_ref.load(minilm_path, dtype=dtype)
     batch = model.tokenize(TEXTS[:3])
     monkeypatch.setattr(threads, "THREADS", 2)

@@ -326,7 +326,7 @@ def recording(monkeypatch):
     return rec
 
 
-@pytest.mark.parametrize("N, K, M", [(1, 1024, 1024), (12, 1024, 3072), (12, 4096, 1024), (100, 384, 384),
+@pytest.mark.parametrize("N, K, M", [(1, 1024, 1024), (12, 1024, 3072), (12, 4096, 1024), (60, 384, 384),
                                      (3, 1536, 384), (40, 1000, 700)])
 @pytest.mark.parametrize("layout", ["row-major", "transposed"])
 def test_few_rows_take_one_batch_call_summed_as_chunked(recording, N, K, M, layout):
