@@ -23,7 +23,8 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
 - float16-stored weights are widened to float32 once per layer, just before its matmuls
   (`as_compute`), so only one layer's float32 copies exist at a time;
 - attention normalizes after @ V and skips the max shift while exp stays in range (`attention`);
-- the float32 GELU is within 1 ulp of |x| (erf.gelu_fast), not of its result: half the work;
+- the float32 GELU is computed in float32, within 4 ulp of |x| (erf.gelu_fast), not in float64 to
+  1 ulp of its result: a quarter of the work;
 - LayerNorm and the FFN write into the buffers they already own instead of allocating new ones;
 - padding is never computed: the real tokens of a padded batch are packed end to end (`packed`),
   every row-wise step runs on them alone, and attention runs per run of equal-length sequences,
@@ -156,7 +157,7 @@ def attention_output(ctx, x, dense, ln, eps):
 
 
 def intermediate(x, dense):
-    """BertIntermediate: the GELU in place, within 1 ulp of |x| in float32 (erf.gelu_fast)."""
+    """BertIntermediate: the GELU in place, within 4 ulp of |x| in float32 (erf.gelu_fast)."""
     h = linear(x, **dense)                                   # (..., F)
     return gelu_fast(h, out=h)                               # (..., F) in place
 

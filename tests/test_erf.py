@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from bge_ref.erf import erf, erfc, gelu, gelu_fast
+from bge_ref.erf import GELU_FAST_ULPS, erf, erfc, gelu, gelu_fast
 
 
 def _grid():
@@ -92,9 +92,9 @@ def test_gelu_float32_fast_path_on_a_dense_float32_sample():
 
 
 @pytest.mark.quick  # needs no torch
-def test_gelu_fast_within_one_ulp_of_x_on_a_dense_float32_sample():
-    """The fast path's float32 GELU: |error| <= 1 ulp of |x| (the bound is 0.66), every 61st float32
-    with |x| in [2^-30, 64) and specials; float64 input is the exact gelu."""
+def test_gelu_fast_within_its_ulps_of_x_on_a_dense_float32_sample():
+    """The fast path's float32 GELU: |error| <= GELU_FAST_ULPS ulp of |x|, every 61st float32 with
+    |x| in [2^-30, 64) and specials; float64 input is the exact gelu."""
     bits = np.arange(np.float32(2.0**-30).view(np.int32), np.float32(64.0).view(np.int32), 61, dtype=np.int32)
     pos = bits.view(np.float32)
     x = np.concatenate([pos, -pos, np.float32([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38])]).astype(np.float32)
@@ -103,8 +103,8 @@ def test_gelu_fast_within_one_ulp_of_x_on_a_dense_float32_sample():
     assert got.dtype == np.float32
     ulps = np.abs(got - exact) / np.spacing(np.abs(x)).astype(np.float64)
     print(f"gelu_fast float32: max {ulps.max():.3f} ulp of |x| over {x.size} values")
-    assert ulps.max() <= 1
-    assert np.abs(gelu_fast(x) - gelu(x)).max() > 0     # a different function from gelu's, to 1 ulp
+    assert ulps.max() <= GELU_FAST_ULPS
+    assert np.abs(gelu_fast(x) - gelu(x)).max() > 0     # a different function from gelu's
     out = gelu_fast(np.float32([np.inf, -np.inf, np.nan]))
     assert out[0] == np.inf and out[1] == 0 and np.isnan(out[2])
     x64 = np.linspace(-10, 10, 1001)
