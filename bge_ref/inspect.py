@@ -14,6 +14,7 @@ import numpy as np
 
 from . import model as reference
 from .api import bad
+from .batching import pad
 
 
 @dataclass
@@ -61,7 +62,7 @@ def look_inside(embedder, text: str, layer: int, truncate: bool = True) -> Insid
         raise bad("text", f"text has {len(full.ids)} tokens, more than the model's {embedder.max_length}; "
                           "shorten it or allow truncation")
     enc = embedder.tokenizer.encode([text], truncate=True)[0]
-    batch = embedder.tokenizer.pad([enc])                                      # (1, S) each
+    batch = pad([enc.ids], embedder.tokenizer.pad_id)                          # (1, S) each
     _, states = reference.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                embedder.params, config, output_hidden_states=True)  # L+1 x (1, S, D)
     x = states[layer]                                                          # the layer's input

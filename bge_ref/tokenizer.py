@@ -17,7 +17,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import numpy as np
 
 from . import jsonfile
 from .errors import BgeRefError, CheckpointError, InputError
@@ -118,17 +117,6 @@ class Tokenizer:
                 return text[:c]
             n = max(4 * n, rest + 1)
         return text
-
-    def pad(self, encodings) -> dict[str, np.ndarray]:
-        """Right-pad a batch of encodings to its longest one: int64 arrays of shape (B, S)."""
-        B, S = len(encodings), max(len(e.ids) for e in encodings)
-        ids = np.full((B, S), self.pad_id, dtype=np.int64)
-        mask = np.zeros((B, S), dtype=np.int64)
-        types = np.zeros((B, S), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            n = len(e.ids)
-            ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def _read(path: Path) -> bytes:

@@ -25,7 +25,6 @@ import re
 import unicodedata
 from bisect import bisect_right
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import unicode_tables
 

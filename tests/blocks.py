@@ -16,6 +16,7 @@ Any other fence (```text, ```json: output samples) is not run.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import re
 import shlex
@@ -43,6 +44,14 @@ class Block:
     lang: str
     code: str
     line: int  # where the block starts in its page, for failure messages
+
+
+def module_from_file(path: Path, name: str):
+    """The Python file at `path` imported as module `name` (docs/ and notebooks/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def blocks(markdown: str, langs=("bash", "python")) -> list[Block]:

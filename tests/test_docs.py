@@ -4,12 +4,11 @@ Each page's ```bash and ```python blocks run in order as one reader's terminal s
 says how: a page sets the variables it uses, a `bge-ref serve` block serves on a free port meanwhile).
 `mkdocs build --strict` itself runs in .ci/run and as the example of docs/development.md.
 """
-import importlib.util
 import re
 
 import pytest
 
-from tests.blocks import blocks, run_page
+from tests.blocks import blocks, module_from_file, run_page
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -17,11 +16,8 @@ PAGES = sorted(DOCS.rglob("*.md"))
 
 
 def hooks():
-    """docs/hooks.py, imported from its file (docs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """docs/hooks.py, imported from its file."""
+    return module_from_file(DOCS / "hooks.py", "docs_hooks")
 
 
 def regions():

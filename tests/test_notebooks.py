@@ -16,6 +16,7 @@ import pytest
 from nbclient import NotebookClient
 
 from bge_ref.testing.checkpoints import minilm_dir
+from tests.blocks import module_from_file
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,12 +27,8 @@ CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes about a minute on
 
 
 def build_module():
-    """notebooks/build.py, imported from its file (notebooks/ is not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOK_DIR / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """notebooks/build.py, imported from its file."""
+    return module_from_file(NOTEBOOK_DIR / "build.py", "notebooks_build")
 
 
 def test_notebooks_exist():
