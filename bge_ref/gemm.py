@@ -291,6 +291,28 @@ def _batch_function(lib, sgemm_name, integer):
     return batch
 
 
+def transpose_into(a, out) -> bool:
+    """out[...] = a.T through OpenBLAS's cblas_somatcopy (float32, a C-contiguous, out with unit column
+    stride): 4x NumPy's tiled copy (checkpoint.py's load). False, out untouched, if it does not apply."""
+    global _omatcopy
+    if _omatcopy is False:
+        found = _find_openblas()
+        _omatcopy = found and getattr(found[2], found[3].replace("sgemm", "somatcopy"), None)
+        if _omatcopy:
+            i, p = found[0].argtypes[3], ctypes.c_void_p
+            _omatcopy.argtypes, _omatcopy.restype = [ctypes.c_int, ctypes.c_int, i, i, ctypes.c_float, p, i, p, i], None
+    layout, sgemm = _blas_layout(out), blas()
+    if (not _omatcopy or sgemm is None or a.dtype != np.float32 or out.dtype != np.float32 or not a.flags.c_contiguous
+            or a.ndim != 2 or out.shape != a.shape[::-1] or layout is None or layout[0] != NO_TRANS
+            or not _fits(sgemm, a, out)):
+        return False
+    _omatcopy(ROW_MAJOR, TRANS, a.shape[0], a.shape[1], 1.0, a.ctypes.data, a.shape[1], out.ctypes.data, layout[1])
+    return True
+
+
+_omatcopy = False  # not looked up yet
+
+
 def find_sgemm():
     """(cblas_sgemm, OpenBLAS's config text) from the first library that has both, or None."""
     found = _find_openblas()

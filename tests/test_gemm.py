@@ -374,6 +374,21 @@ def test_finds_sgemm_batch_beside_sgemm():
     assert batch is not None and batch.argtypes[14] is sgemm.argtypes[3]  # the same integer width
 
 
+def test_transpose_into_a_column_block():
+    """checkpoint.py's fast transposed copy: a.T into columns of a wider array, nothing else touched;
+    False (out untouched) where OpenBLAS's somatcopy does not apply."""
+    a = np.arange(7 * 300, dtype=np.float32).reshape(7, 300)
+    out = np.full((300, 20), -1.0, np.float32)
+    assert gemm.transpose_into(a, out[:, 5:12])
+    np.testing.assert_array_equal(out[:, 5:12], a.T)
+    assert (out[:, :5] == -1).all() and (out[:, 12:] == -1).all()
+    for bad_a, bad_out in [(a.astype(np.float64), np.empty((300, 7))), (a[:, ::2], np.empty((150, 7), np.float32)),
+                           (a, np.empty((300, 7), np.float32)[::-1])]:
+        before = bad_out.copy()
+        assert not gemm.transpose_into(bad_a, bad_out)
+        np.testing.assert_array_equal(bad_out, before)
+
+
 # -- finding the BLAS --
 
 def test_finds_numpys_openblas_with_its_integer_width():
