@@ -219,6 +219,21 @@ def table(rows) -> list[str]:
     return out
 
 
+def ceiling(rows) -> list[str]:
+    """Where the time goes, for the rows with a bare BLAS time: the speed vs the peer that bge_ref
+    would reach if everything around its matmuls took no time at all."""
+    bare = [r for r in rows if "bare" in r]
+    if not bare:
+        return []
+    parts = [f"{r['n']} {'query' if r['n'] == 1 else 'queries'} {r['peer'] / r['bare']:.2f}x "
+             f"({r['bare'] * 1e3:.0f} ms against {r['peer'] * 1e3:.0f})" for r in bare]
+    return ["", "Where the time goes: with every step around its matmuls free (GELU, LayerNorm, attention, "
+            "the chunked sums, Python), bge_ref would take the bare BLAS time, and its speed vs transformers "
+            "would be: " + "; ".join(parts) + ". Below 1x, NumPy's BLAS alone is slower than the peer's "
+            "whole forward at that shape. The 8x128 forward's profile, block by block, is in the "
+            "[performance report](performance.md) (`benchmarks/breakdown.py`)."]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="timed calls per peer and workload (best kept)")
@@ -264,10 +279,11 @@ def main():
         "`x @ w` of every projection at the batch's token rows, NumPy's BLAS on all threads.",
         "",
         *table(rows),
+        *ceiling(rows),
     ]
     if extra:
         lines += ["", "Thread layout by token rows (bge-large size forward of one sequence; "
-                  f"`fast.FEW_ROWS` = {fast.FEW_ROWS} picks columns below it):", "", *extra]
+                  f"`fast.FEW_ROWS` = {fast.FEW_ROWS} picks the few-rows layout below it):", "", *extra]
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
