@@ -11,9 +11,10 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
   core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
   Below FEW_ROWS token rows (a query or a few) the forward is bound by reading the weights, and
-  that layout would have every core stream every weight matrix: there each projection is one
-  sgemm_batch call (gemm.batched) whose chunks of K the BLAS's threads share, so each core reads
-  its own rows of w, and the small attention runs in the calling thread;
+  that layout would have every core stream every weight matrix: there each projection is left to
+  gemm.py, which has each core read its own part of w (one sgemm_batch call whose chunks of K the
+  BLAS's threads share, below gemm.BATCH_ROWS rows; the output columns split over the cores
+  above), and the small attention runs in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -318,12 +319,13 @@ def attention_blocks(runs, n_head, itemsize, parts):
     return blocks
 
 
-# Below this many token rows a forward leaves each projection to gemm.py (one sgemm_batch call, the
-# cores sharing the weights' rows) instead of giving each core its own token rows: with few rows
-# every core would stream every weight matrix, and the forward is bound by reading the weights.
-# Measured (benchmarks/latency.py --layouts, Intel Xeon): few-rows layout / rows split 0.69 at 16
-# rows, 0.95 at 64, 1.05 at 96.
-FEW_ROWS = 80
+# Below this many token rows a forward leaves each projection to gemm.py (each core reads its own
+# part of the weights) instead of giving each core its own token rows: with few rows every core
+# would stream every weight matrix, and the forward is bound by reading the weights.
+# Measured (benchmarks/latency.py --layouts, Intel Xeon), few-rows layout / rows split: with one
+# sgemm_batch call per projection 0.69 at 16 rows, 0.95 at 64, 1.05 at 96 (gemm.BATCH_ROWS is 80);
+# with the columns split over the cores (80 rows and more) 0.92 at 96, 0.99 at 128, 1.05 at 160.
+FEW_ROWS = 128
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20

@@ -42,7 +42,7 @@ CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
 MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_blocks)
 MIN_BLOCK_COLS = 64   # output columns of a block when, with fewer rows, the columns are split instead
-BATCH_ROWS = 80       # fewer rows than this: one sgemm_batch call for every chunk (batched; as fast.FEW_ROWS)
+BATCH_ROWS = 80       # fewer rows than this: one sgemm_batch call for every chunk (batched; see fast.FEW_ROWS)
 BATCH_CHUNK = 64      # batched's chunk
 SMALL_MNK = 100 ** 3  # OpenBLAS's gemm_batch takes products of m * n * k up to this as small (batched)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bge_ref
-from bge_ref import fast, threads
+from bge_ref import fast, gemm, threads
 from bge_ref.errors import InputError
 from bge_ref import model as model_ref
 from bge_ref.model import attention_mask_bias
@@ -76,8 +76,8 @@ def test_cls_only_last_layer_gives_the_cls_rows(tiny, minilm_path, which, dtype)
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, monkeypatch):
-    """Below FEW_ROWS each projection is left to gemm.py (one sgemm_batch call), above it each core
-    takes its own rows: the same function either way (1e-13 in float64, float32 rounding otherwise)."""
+    """Below FEW_ROWS each projection is left to gemm.py (here one sgemm_batch call), above it each
+    core takes its own rows: the same function either way (1e-13 in float64, float32 rounding otherwise)."""
     model = bge_ref.load(minilm_path, dtype=dtype)
     batch = model.tokenize(TEXTS[:3])
     monkeypatch.setattr(threads, "THREADS", 2)
@@ -223,7 +223,7 @@ def test_float32_error_within_torch_for_a_few_rows(minilm_path, texts):
     from bge_ref.testing.oracle import four_runs, oracle_study
     from bge_ref.verify import compare_stages, run_ours
     batch = bge_ref.load(minilm_path).tokenize(texts)
-    assert batch["attention_mask"].sum() < fast.FEW_ROWS
+    assert batch["attention_mask"].sum() < gemm.BATCH_ROWS
     runs = four_runs(minilm_path, batch)
     ours = compare_stages(runs["ours", "float64"], run_ours(bge_ref.load(minilm_path), batch), title="bge_ref float32")
     over = beyond_torch(ours, oracle_study(runs)["torch32"])
