@@ -215,14 +215,11 @@ def _row_major(weights) -> np.ndarray:
     out = np.empty((rows, sum(w.shape[0] for w in weights)), weights[0].dtype)          # (in, out)
     col = 0
     for w in weights:                                                                   # (out_i, in)
-        if gemm.transpose_into(w, out[:, col:col + w.shape[0]]):
-            col += w.shape[0]
-            _release_mapped_pages(w)
-            continue
-        for i in range(0, w.shape[0], TILE):
-            block = w[i:i + TILE]                                                       # (t, in)
-            for j in range(0, rows, TILE):
-                out[j:j + TILE, col + i:col + i + len(block)] = block[:, j:j + TILE].T
+        dst = out[:, col:col + w.shape[0]]                                              # (in, out_i)
+        if not gemm.transpose_into(w, dst):
+            for i in range(0, w.shape[0], TILE):
+                for j in range(0, rows, TILE):
+                    dst[j:j + TILE, i:i + TILE] = w[i:i + TILE, j:j + TILE].T
         col += w.shape[0]
         _release_mapped_pages(w)
     return out

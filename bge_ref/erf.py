@@ -164,7 +164,8 @@ def gelu_fast(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.dtype == np.float32 and x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
-        return _gelu_fast_float32(x, np.empty_like(x) if out is None else out)
+        out = np.empty_like(x) if out is None else out
+        return _gelu_float32(x, out, _GELU_X_P, _GELU_X_Q, work=np.float32, cap=_GELU_X_CAP)
     return gelu(x, out)
 
 
@@ -182,46 +183,25 @@ GELU_FAST_ULPS = 4              # gelu_fast's bound, in ulps of |x| (measured 2.
                                 # margin for NumPy's exp on other SIMD targets)
 
 
-def _gelu_fast_float32(x, out):
-    """gelu_fast of a C-contiguous float32 array into `out` (may be x), block by block in float32."""
+def _gelu_float32(x, out, P, Q, work=np.float64, cap=_A_CAP):
+    """GELU of a C-contiguous float32 array into `out` (may be x), block by block in `work`
+    precision (float64: `gelu`, one rounding to float32 at the end; float32: `gelu_fast`), with
+    T(a) = exp(-a^2/2) P(a) / Q(a) (coefficients highest power first) and a capped at `cap`."""
     xf, of = x.reshape(-1), out.reshape(-1)
-    a, e, p, q = (np.empty(min(_BLOCK, xf.size), np.float32) for _ in range(4))
+    a, e, p, q = (np.empty(min(_BLOCK, xf.size), work) for _ in range(4))
     for i in range(0, xf.size, _BLOCK):
         xb = xf[i:i + _BLOCK]
         n = xb.size
         ab, eb, pb, qb = a[:n], e[:n], p[:n], q[:n]
         np.abs(xb, out=ab)                                # a = |x|
-        np.minimum(ab, _GELU_X_CAP, out=ab)               # (nan stays nan)
-        np.multiply(ab, np.float32(-0.5), out=eb)
-        eb *= ab
-        np.exp(eb, out=eb)                                # exp(-a^2 / 2)
-        _horner(ab, _GELU_X_P, pb)
-        pb /= _horner(ab, _GELU_X_Q, qb)                  # R(a)
-        pb *= eb
-        pb *= ab                                          # a T(a)
-        np.maximum(xb, np.float32(0.0), out=eb)           # relu(x)
-        np.subtract(eb, pb, out=of[i:i + n])
-    return out
-
-
-def _gelu_float32(x, out, P, Q):
-    """GELU of a C-contiguous float32 array into `out` (may be x), block by block in float64, with
-    T(a) = exp(-a^2/2) P(a) / Q(a) (coefficients highest power first)."""
-    xf, of = x.reshape(-1), out.reshape(-1)
-    a, e, p, q = (np.empty(min(_BLOCK, xf.size)) for _ in range(4))
-    for i in range(0, xf.size, _BLOCK):
-        xb = xf[i:i + _BLOCK]
-        n = xb.size
-        ab, eb, pb, qb = a[:n], e[:n], p[:n], q[:n]
-        np.abs(xb, out=ab)                                # a = |x|, exact in float64
-        np.minimum(ab, _A_CAP, out=ab)                    # (nan stays nan)
+        np.minimum(ab, cap, out=ab)                       # (nan stays nan)
         np.multiply(ab, -0.5, out=eb)
         eb *= ab
-        np.exp(eb, out=eb)                                # exp(-a^2 / 2), a^2 exact
+        np.exp(eb, out=eb)                                # exp(-a^2 / 2); a^2 exact in float64
         _horner(ab, P, pb)
         pb /= _horner(ab, Q, qb)                          # R(a)
         pb *= eb
         pb *= ab                                          # a T(a)
         np.maximum(xb, 0.0, out=eb)                       # relu(x)
-        np.subtract(eb, pb, out=of[i:i + n], casting="same_kind")  # the one rounding to float32
+        np.subtract(eb, pb, out=of[i:i + n], casting="same_kind")  # in float64, the one rounding to float32
     return out

@@ -185,7 +185,7 @@ def layer(x, runs, attn, attn_out, inter, out, n_head, eps):
             a = attention_output(ctx[t], x[t], **attn_out, eps=eps)  # (n, D)
             y[t] = output(intermediate(a, **inter), a, **out, eps=eps)  # (n, D)
 
-    if len(x) < FEW_ROWS:                                    # gemm splits each weight's columns over the cores
+    if len(x) < FEW_ROWS:                                    # gemm shares each weight matrix between the cores
         rows(slice(0, len(x)))
         return y
     with threads.split() as parts:

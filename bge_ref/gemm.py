@@ -77,7 +77,7 @@ def matmul(x, w, out=None, accumulate=False):
     if accumulate and y is not out:
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
-    if not (N < BATCH_ROWS and not threads.in_part() and batched(x, w, y, accumulate)):
+    if not batched(x, w, y, accumulate):
         product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
         on_blocks(lambda rows, cols: chunked(x[rows], w[:, cols], y[rows, cols], product(), accumulate), N, M)
     if out is None or out is y:
@@ -108,7 +108,8 @@ def batched(x, w, y, accumulate=False):
     product of every BATCH_CHUNK columns of x (rows of w) into an array of its own, computed by the
     BLAS's own threads (each takes whole chunks, so each reads its own rows of w), then summed group
     by group as chunked() sums. False, with y untouched, where it does not apply (no sgemm_batch,
-    padding beyond BATCH_ROWS, integer limits). Its chunks are half chunked()'s: with 128, one
+    BATCH_ROWS rows or more with the padding, integer limits, or a caller that is one part of a
+    split: threads.in_part, the other cores are busy with the other parts). Its chunks are half chunked()'s: with 128, one
     bge-large query's float32 error reached 1.19x transformers' (max, worst stage), with 64 0.95x.
 
     Why: with a few rows the product is bound by reading w. A BLAS call per chunk meets the other
@@ -118,10 +119,10 @@ def batched(x, w, y, accumulate=False):
     Rows of zeros are added below x where a chunk's product would be small enough (m * n * k of at
     most 100^3) for OpenBLAS's gemm_batch to hand it to its small-matrix kernels, which crash in
     its DYNAMIC_ARCH builds (0.3.31: a kernel table's offset is called as an address)."""
-    batch, sgemm = blas_batch(), blas()
-    N, K = x.shape
-    M = w.shape[1]
-    chunk = BATCH_CHUNK
+    (N, K), M = x.shape, w.shape[1]
+    if N >= BATCH_ROWS or threads.in_part():
+        return False
+    batch, sgemm, chunk = blas_batch(), blas(), BATCH_CHUNK
     sizes = [min(chunk, K - k) for k in range(0, K, chunk)]
     rows = max(N, SMALL_MNK // (M * sizes[-1]) + 1)
     if batch is None or sgemm is None or rows >= BATCH_ROWS or not _fits(sgemm, x, w, y):
@@ -277,20 +278,20 @@ def blas_batch():
     """NumPy's OpenBLAS cblas_sgemm_batch (OpenBLAS >= 0.3.27) as a ctypes function, or None."""
     global _batch
     if _batch is False:
-        found = _find_openblas()
-        _batch = found and _batch_function(found[2], found[3], found[0].argtypes[3])
+        _batch = _beside_sgemm("sgemm_batch", lambda i: [ctypes.c_int] + [ctypes.c_void_p] * 13 + [i, ctypes.c_void_p])
     return _batch
 
 
-def _batch_function(lib, sgemm_name, integer):
-    """The library's sgemm_batch beside its sgemm (same prefix and suffix), typed, or None."""
-    batch = getattr(lib, sgemm_name.replace("sgemm", "sgemm_batch"), None)
-    if batch is None:
+def _beside_sgemm(name, argtypes):
+    """The function of the library NumPy's cblas_sgemm came from, named as it is with "sgemm"
+    replaced by `name` (the same prefix and integer suffix), typed with argtypes(its integer type);
+    or None."""
+    found = _find_openblas()
+    fn = found and getattr(found[2], found[3].replace("sgemm", name), None)
+    if not fn:
         return None
-    p = ctypes.c_void_p                                   # every array argument is a pointer
-    batch.argtypes = [ctypes.c_int] + [p] * 13 + [integer, p]
-    batch.restype = None
-    return batch
+    fn.argtypes, fn.restype = argtypes(found[0].argtypes[3]), None
+    return fn
 
 
 def transpose_into(a, out) -> bool:
@@ -298,11 +299,8 @@ def transpose_into(a, out) -> bool:
     stride): 4x NumPy's tiled copy (checkpoint.py's load). False, out untouched, if it does not apply."""
     global _omatcopy
     if _omatcopy is False:
-        found = _find_openblas()
-        _omatcopy = found and getattr(found[2], found[3].replace("sgemm", "somatcopy"), None)
-        if _omatcopy:
-            i, p = found[0].argtypes[3], ctypes.c_void_p
-            _omatcopy.argtypes, _omatcopy.restype = [ctypes.c_int, ctypes.c_int, i, i, ctypes.c_float, p, i, p, i], None
+        _omatcopy = _beside_sgemm("somatcopy", lambda i: [ctypes.c_int, ctypes.c_int, i, i, ctypes.c_float,
+                                                          ctypes.c_void_p, i, ctypes.c_void_p, i])
     layout, sgemm = _blas_layout(out), blas()
     if (not _omatcopy or sgemm is None or a.dtype != np.float32 or out.dtype != np.float32 or not a.flags.c_contiguous
             or a.ndim != 2 or out.shape != a.shape[::-1] or layout is None or layout[0] != NO_TRANS

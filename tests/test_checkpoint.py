@@ -47,10 +47,11 @@ def test_weights_transposed_into_row_major_arrays(ckpt, weights_dtype):
     assert not m.params["embeddings"]["word"].flags.owndata  # a view of the mapped file
 
 
-def test_row_major_copy_is_exact_at_tile_edges(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # OpenBLAS's somatcopy; NumPy tiles
+def test_row_major_copy_is_exact_at_tile_edges(monkeypatch, dtype):
     from bge_ref import checkpoint
     monkeypatch.setattr(checkpoint, "TILE", 5)
-    a, b = np.arange(7 * 13, dtype=np.float32).reshape(7, 13), np.arange(3 * 13, dtype=np.float32).reshape(3, 13)
+    a, b = np.arange(7 * 13, dtype=dtype).reshape(7, 13), np.arange(3 * 13, dtype=dtype).reshape(3, 13)
     np.testing.assert_array_equal(checkpoint._row_major([a, b]), np.concatenate([a, b]).T)
 
 
