@@ -6,11 +6,9 @@
 
 Per shape (N = 1024 tokens): the rms and max error against the float64 product, as ratios to
 torch.matmul's (2 threads); and the cost as a ratio to plain `x @ w`, measured two ways, each
-interleaved (plain, gemm, ...) and best of --repeat: wall time (gemm.matmul as it runs, its rows
-split over the cores with BLAS single-threaded in each block; gemm.matmul with its rows in one
-block, BLAS threading each chunk's call, so an OpenBLAS thread barrier per chunk; plain `x @ w`
-with its rows split the same way as gemm's); and CPU time of one thread with BLAS single-threaded
-(the work itself, much less disturbed by other processes on a shared machine). The spread column
+interleaved and best of --repeat: wall time (both on the BLAS's threads), and CPU time of one thread
+with BLAS single-threaded (the work itself, much less disturbed by other processes on a shared
+machine). The spread column
 is median / best of the plain wall times: how noisy the machine was.
 """
 from __future__ import annotations
@@ -42,17 +40,6 @@ def timings(fns: dict, repeat: int, clock) -> dict:
     return out
 
 
-def one_block(fn):
-    """fn() with gemm's rows in one block: BLAS threads each chunk's call itself."""
-    def run():
-        saved, gemm.MIN_BLOCK_ROWS = gemm.MIN_BLOCK_ROWS, 1 << 40
-        try:
-            fn()
-        finally:
-            gemm.MIN_BLOCK_ROWS = saved
-    return run
-
-
 def rows(repeat: int) -> list[str]:
     import torch
     from threadpoolctl import threadpool_limits
@@ -63,16 +50,13 @@ def rows(repeat: int) -> list[str]:
         exact = x.astype(np.float64) @ w.astype(np.float64)  # (N, M)
         (pr, pm), (gr, gm), (tr, tm) = (errors(y, exact) for y in (x @ w, gemm.matmul(x, w), (torch.from_numpy(x) @ torch.from_numpy(w)).numpy()))
         y = np.empty((1024, M), np.float32)
-        fns = {"plain": lambda: np.matmul(x, w, out=y), "gemm": lambda: gemm.matmul(x, w, out=y),
-               "plain split": lambda: gemm.on_blocks(lambda r, c: np.matmul(x[r], w[:, c], out=y[r, c]), *y.shape),
-               "gemm one block": one_block(lambda: gemm.matmul(x, w, out=y))}
+        fns = {"plain": lambda: np.matmul(x, w, out=y), "gemm": lambda: gemm.matmul(x, w, out=y)}
         wall = timings(fns, repeat, time.perf_counter)
         with threadpool_limits(1, user_api="blas"):          # one thread: the work itself
-            cpu = timings({k: one_block(fns[k]) for k in ("plain", "gemm")}, max(3, repeat // 2), time.thread_time)
+            cpu = timings(fns, max(3, repeat // 2), time.thread_time)
         best = {k: min(v) for k, v in wall.items()}
         lines.append(f"| {name} | {K} x {M} | {pr / tr:.2f} / {pm / tm:.2f} | {gr / tr:.2f} / {gm / tm:.2f} "
                      f"| {best['plain'] * 1e3:.1f} | {best['gemm'] / best['plain']:.2f} "
-                     f"| {best['gemm one block'] / best['plain']:.2f} | {best['plain split'] / best['plain']:.2f} "
                      f"| {min(cpu['gemm']) / min(cpu['plain']):.2f} | {np.median(wall['plain']) / best['plain']:.2f} |")
     return lines
 
@@ -84,8 +68,7 @@ def table(repeat: int) -> str:
     head = [f"OpenBLAS kernel {kernel}; gemm.matmul: CHUNK {gemm.CHUNK}, GROUP {gemm.GROUP}, {path}; N = 1024; "
             f"errors vs float64 as ratios to torch.matmul's (rms / max); times best of {repeat}.", "",
             "| projection | K x M | plain error / torch | gemm error / torch | plain ms (wall) | gemm / plain wall "
-            "| gemm in one block / plain wall | plain split like gemm / plain wall | gemm / plain CPU (1 thread) "
-            "| plain wall median / best |", "| --- | --- |" + " ---: |" * 8]
+            "| gemm / plain CPU (1 thread) | plain wall median / best |", "| --- | --- |" + " ---: |" * 6]
     return "\n".join(head + rows(repeat))
 
 

@@ -166,10 +166,10 @@ def minilm_rows(repeat, counts) -> list[dict]:
     return rows
 
 
-def layouts(repeat, sizes=(8, 16, 32, 48, 64, 96, 128, 256)) -> list[str]:
+def layouts(repeat, sizes=(8, 16, 32, 64, 128, 160, 192, 256, 320, 384)) -> list[str]:
     """bge-large size forward at N token rows (one sequence), in the few-rows layout (fast.FEW_ROWS
-    above N: each projection left to gemm.py, one sgemm_batch call below gemm.BATCH_ROWS rows, the
-    weights' columns split over the cores above) against each core on its own rows (FEW_ROWS 0)."""
+    above N: each projection left to gemm.py, its BLAS calls threaded by the BLAS) against each core
+    on its own rows (FEW_ROWS 0)."""
     ours = bge_ref.load(bge_large_dir())
     saved, out = fast.FEW_ROWS, ["| token rows | few-rows layout (ms) | rows split (ms) | few-rows / rows |",
                                  "| ---: | ---: | ---: | ---: |"]

@@ -1,11 +1,12 @@
 """bge_ref: a pure-NumPy reference implementation of the BAAI/bge-large-en-v1.5 text embedding model."""
 import os
 
-# After each matmul OpenBLAS's idle threads busy-wait for 2^28 cycles (~0.1 s) before sleeping, so
-# they hold a core while the GELU and attention threads that follow need it: 2^4 cycles gives it back
-# at once (bge-large 8 x 128: 3.99 s -> 3.32 s; large matmuls lose nothing). OpenBLAS reads this when
+# After each call OpenBLAS's idle threads busy-wait for a while, then sleep; waking one costs
+# about 100 us on a VM, more than a query's BLAS call. 2^23 cycles (3 ms at 2.6 GHz) keeps them
+# awake across a forward's calls, not through the long splits where bge_ref's own threads need the
+# cores (OpenBLAS's 2^28, 0.1 s: bge-large 8 x 128 3.99 s -> 3.32 s with 2^4). OpenBLAS reads this when
 # NumPy loads it, so it takes effect only if bge_ref is imported before NumPy; a value already set wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "23")
 import re
 from importlib import metadata
 from pathlib import Path

@@ -10,11 +10,10 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   their bias, residual, GELU and LayerNorm right away, ROWS_BLOCK rows at a time (`layer`). So the
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
   core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
-  Below FEW_ROWS token rows (a query or a few) the forward is bound by reading the weights, and
-  that layout would have every core stream every weight matrix: there each projection is left to
-  gemm.py, which has each core read its own part of w (one sgemm_batch call whose chunks of K the
-  BLAS's threads share, below gemm.BATCH_ROWS rows; the output columns split over the cores
-  above), and the small attention runs in the calling thread;
+  Below FEW_ROWS token rows (a query, a few texts, a passage) the forward is bound by reading the
+  weights, and that layout would have every core stream every weight matrix: there each projection
+  is left to gemm.py, whose BLAS calls split the output between the BLAS's own threads (each core
+  reads its own part of w), and the rest runs in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -251,7 +250,8 @@ def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, 
     B, S, D = x.shape
     real, runs = packed(attention_mask)
     rows = x.reshape(B * S, D) if real is None else x.reshape(B * S, D)[real]  # (N, D) real tokens, end to end
-    last, states = encoder(rows, runs, params["layers"], config, output_hidden_states, cls_only)
+    with threads.forward_threads():
+        last, states = encoder(rows, runs, params["layers"], config, output_hidden_states, cls_only)
     if cls_only:
         return last[:, None], None                           # (B, 1, D) every sequence has a [CLS] row
     return unpacked(last, real, (B, S)), None if states is None else [unpacked(h, real, (B, S)) for h in states]
@@ -319,13 +319,12 @@ def attention_blocks(runs, n_head, itemsize, parts):
     return blocks
 
 
-# Below this many token rows a forward leaves each projection to gemm.py (each core reads its own
-# part of the weights) instead of giving each core its own token rows: with few rows every core
-# would stream every weight matrix, and the forward is bound by reading the weights.
-# Measured (benchmarks/latency.py --layouts, Intel Xeon), few-rows layout / rows split: with one
-# sgemm_batch call per projection 0.69 at 16 rows, 0.95 at 64, 1.05 at 96 (gemm.BATCH_ROWS is 80);
-# with the columns split over the cores (80 rows and more) 0.92 at 96, 0.99 at 128, 1.05 at 160.
-FEW_ROWS = 128
+# Below this many token rows a forward leaves each projection to gemm.py (the BLAS's threads share
+# each weight matrix) instead of giving each core its own token rows: with few rows every core
+# would stream every weight matrix, and the forward is bound by reading the weights. Measured
+# (benchmarks/latency.py --layouts, Intel Xeon), few-rows layout / rows split: 0.57 at 8 rows, 0.79
+# at 64, 0.96 at 128 and 192, 1.03 at 256, 1.07 at 384.
+FEW_ROWS = 256
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20

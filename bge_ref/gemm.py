@@ -16,11 +16,16 @@ separate partial sums, added at the end (one extra pass over the output per GROU
 
 Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
 kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 1.02-1.18x the CPU time of `x @ w`.
-Threads: the rows (or, with fewer, the output columns) are split over the cores, BLAS
-single-threaded in each block (on_blocks), so that the threads meet once per product rather than at
-a BLAS barrier after every chunk. Below BATCH_ROWS rows (a query), one cblas_sgemm_batch call
-computes every chunk's product, the BLAS's own threads sharing the chunks, and they are summed after
-(batched): one barrier per product, and no Python thread to wake.
+Below QUERY_ROWS rows (a query or a few) the chunks are QUERY_CHUNK long: there torch's kernel
+sums more accurately than at many rows, and with 128 one query's worst stage reached 1.19x
+transformers' max error (bge-large size), with 64 0.95x.
+
+Threads: none of its own. Each chunk's call is threaded by the BLAS, which splits the output between
+its threads, so with a few rows each core reads its own part of w: the product is bound by reading
+the weights (one query: 1.2 GB of them, and 9 GFLOP). OpenBLAS's threads meet at a barrier after
+every call, which costs next to nothing while they busy-wait between calls (bge_ref sets
+OPENBLAS_THREAD_TIMEOUT, bge_ref/__init__.py). Inside fast.py's row split (threads.split) the BLAS
+is single-threaded, one call per core.
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
@@ -36,15 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import threads
-
 CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
-MIN_BLOCK_ROWS = 128  # rows of a block when the rows are split over the cores (on_blocks)
-MIN_BLOCK_COLS = 64   # output columns of a block when, with fewer rows, the columns are split instead
-BATCH_ROWS = 80       # fewer rows than this: one sgemm_batch call for every chunk (batched; see fast.FEW_ROWS)
-BATCH_CHUNK = 64      # batched's chunk
-SMALL_MNK = 100 ** 3  # OpenBLAS's gemm_batch takes products of m * n * k up to this as small (batched)
+QUERY_ROWS = 80  # fewer rows than this are summed in chunks of QUERY_CHUNK
+QUERY_CHUNK = 64
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
@@ -54,7 +54,8 @@ SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_openblas_get_config64_"), ("scipy_cbl
 
 
 def matmul(x, w, out=None, accumulate=False):
-    """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK;
+    """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK
+    (QUERY_CHUNK below QUERY_ROWS rows);
     with accumulate=True, out += x @ w (out then holds, say, a bias: BLAS adds the products to it as
     it stores them, as torch's addmm does, so no pass of its own is needed for it).
 
@@ -77,110 +78,29 @@ def matmul(x, w, out=None, accumulate=False):
     if accumulate and y is not out:
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
-    if not batched(x, w, y, accumulate):
-        product = (lambda: _blas_product(sgemm)) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product
-        on_blocks(lambda rows, cols: chunked(x[rows], w[:, cols], y[rows, cols], product(), accumulate), N, M)
+    product = _blas_product(sgemm) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product()
+    chunked(x, w, y, product, accumulate, QUERY_CHUNK if N < QUERY_ROWS else CHUNK)
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
     return out
 
 
-def chunked(x, w, y, add_product, accumulate=False):
-    """y = x @ w (y += x @ w if accumulate) summed over K chunk by chunk: add_product(xk, wk, acc,
-    first) sets (first) or adds xk @ wk into acc, the partial sum of the chunk's group; the groups'
-    partial sums are added last."""
+def chunked(x, w, y, add_product, accumulate=False, chunk=CHUNK):
+    """y = x @ w (y += x @ w if accumulate) summed over K `chunk` columns at a time: add_product(xk,
+    wk, acc, first) sets (first) or adds xk @ wk into acc, the partial sum of the chunk's group; the
+    groups' partial sums are added last."""
     part = None
     for g, (g0, g1) in enumerate(groups(x.shape[1])):
         if g and part is None:
             part = np.empty(y.shape, np.float32)          # (N, M) the later groups' partial sum
         acc = y if g == 0 else part
-        for k0 in range(g0, g1, CHUNK):
-            k1 = min(k0 + CHUNK, g1)
+        for k0 in range(g0, g1, chunk):
+            k1 = min(k0 + chunk, g1)
             first = k0 == g0 and not (accumulate and g == 0)  # the first group adds to out's own values
             add_product(x[:, k0:k1], w[k0:k1], acc, first)   # (N, k) @ (k, M) into (N, M)
         if g:
             y += part                                     # (N, M)
-
-
-def batched(x, w, y, accumulate=False):
-    """y = x @ w (y += x @ w if accumulate) for a few rows, from one cblas_sgemm_batch call: the
-    product of every BATCH_CHUNK columns of x (rows of w) into an array of its own, computed by the
-    BLAS's own threads (each takes whole chunks, so each reads its own rows of w), then summed group
-    by group as chunked() sums. False, with y untouched, where it does not apply (no sgemm_batch,
-    BATCH_ROWS rows or more with the padding, integer limits, or a caller that is one part of a
-    split: threads.in_part, the other cores are busy with the other parts). Its chunks are half chunked()'s: with 128, one
-    bge-large query's float32 error reached 1.19x transformers' (max, worst stage), with 64 0.95x.
-
-    Why: with a few rows the product is bound by reading w. A BLAS call per chunk meets the other
-    cores at a barrier every chunk; splitting the columns over bge_ref's pool has them meet once per
-    product, but in Python, whose thread wake-ups cost more than a chunk (one bge-large query's
-    projections: 321 ms; this: 220 ms; plain `x @ w` on both cores: 215 ms, benchmarks/latency.py).
-    Rows of zeros are added below x where a chunk's product would be small enough (m * n * k of at
-    most 100^3) for OpenBLAS's gemm_batch to hand it to its small-matrix kernels, which crash in
-    its DYNAMIC_ARCH builds (0.3.31: a kernel table's offset is called as an address)."""
-    (N, K), M = x.shape, w.shape[1]
-    if N >= BATCH_ROWS or threads.in_part():
-        return False
-    batch, sgemm, chunk = blas_batch(), blas(), BATCH_CHUNK
-    sizes = [min(chunk, K - k) for k in range(0, K, chunk)]
-    rows = max(N, SMALL_MNK // (M * sizes[-1]) + 1)
-    if batch is None or sgemm is None or rows >= BATCH_ROWS or not _fits(sgemm, x, w, y):
-        return False
-    if rows > N or _blas_layout(x)[0] != NO_TRANS:
-        x = np.concatenate([x, np.zeros((rows - N, K), np.float32)])  # (rows, K) row-major, zeros below
-    (ta, lda), (tb, ldb) = _blas_layout(x), _blas_layout(w)
-    parts = np.empty((len(sizes), rows, M), np.float32)  # (C, rows, M) chunk c's product
-    step = 4 * (ldb if tb == NO_TRANS else 1)            # bytes from one row of w to the next
-    by_size = {k: [c for c, n in enumerate(sizes) if n == k] for k in dict.fromkeys(sizes)}  # a group per size
-    order = [c for cs in by_size.values() for c in cs]
-    i, p, f, G, C = sgemm.argtypes[3], ctypes.c_void_p, ctypes.c_float, len(by_size), len(sizes)
-    batch(ROW_MAJOR, (ctypes.c_int * G)(*[ta] * G), (ctypes.c_int * G)(*[tb] * G), (i * G)(*[rows] * G),
-          (i * G)(*[M] * G), (i * G)(*by_size), (f * G)(*[1.0] * G),
-          (p * C)(*[x.ctypes.data + 4 * c * chunk for c in order]), (i * G)(*[lda] * G),
-          (p * C)(*[w.ctypes.data + step * c * chunk for c in order]), (i * G)(*[ldb] * G),
-          (f * G)(*[0.0] * G), (p * C)(*[parts[c].ctypes.data for c in order]), (i * G)(*[M] * G),
-          G, (i * G)(*map(len, by_size.values())))
-    for g, (g0, g1) in enumerate(groups(K)):             # as chunked(): groups of chunks, then the groups
-        part = np.add.reduce(parts[g0 // chunk:-(-g1 // chunk), :N], axis=0)  # (N, M) one after the other
-        if g == 0 and not accumulate:
-            y[...] = part
-        else:
-            y += part
-    return True
-
-
-def on_blocks(fn, N, M):
-    """fn(rows, cols) over the (N, M) output: one block per core on bge_ref's thread pool with BLAS
-    single-threaded, or in this thread with one block of everything.
-
-    Every chunk is a BLAS call, and a BLAS call spread over several threads ends in a barrier that
-    waits for all of them: on a machine shared with other processes, those waits doubled the
-    forward's time (and made a 15-row query's projections 25x slower under load 9). With the
-    output split here, the threads meet once per product. Many rows (at least MIN_BLOCK_ROWS per
-    core) are split by rows; fewer by output columns, so that each core streams its own part of
-    the weight matrix rather than every core all of it: with a few rows the product is bound by
-    reading the weights (a 15-token query: 1.2 GB of them, and 9 GFLOP). The split needs
-    threadpoolctl (the `fast` extra) and the BLAS thread count free to change
-    (threads.blas_limit_lock not held by another thread), and a caller that is not itself one part
-    of a split (threads.in_part: the other cores are busy with the other parts). Otherwise BLAS
-    threads each call itself.
-    """
-    every = slice(None)
-    if N >= 2 * MIN_BLOCK_ROWS:
-        blocks = [(rows, every) for rows in threads.chunks(N, min(threads.THREADS, N // MIN_BLOCK_ROWS))]
-    else:
-        blocks = [(every, cols) for cols in threads.chunks(M, max(1, min(threads.THREADS, M // MIN_BLOCK_COLS)))]
-    if len(blocks) > 1 and not threads.in_part() and threads.blas_limit_lock.acquire(blocking=False):
-        try:
-            limit = threads.blas_single_threaded()
-            if limit is not None:
-                with limit:
-                    threads.run(fn, blocks)
-                return
-        finally:
-            threads.blas_limit_lock.release()
-    fn(every, every)
 
 
 def groups(K):
@@ -269,17 +189,6 @@ def blas():
         found = find_sgemm()
         _blas = found and found[0]
     return _blas
-
-
-_batch = False  # not looked up yet
-
-
-def blas_batch():
-    """NumPy's OpenBLAS cblas_sgemm_batch (OpenBLAS >= 0.3.27) as a ctypes function, or None."""
-    global _batch
-    if _batch is False:
-        _batch = _beside_sgemm("sgemm_batch", lambda i: [ctypes.c_int] + [ctypes.c_void_p] * 13 + [i, ctypes.c_void_p])
-    return _batch
 
 
 def _beside_sgemm(name, argtypes):

@@ -76,7 +76,7 @@ def test_cls_only_last_layer_gives_the_cls_rows(tiny, minilm_path, which, dtype)
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, monkeypatch):
-    """Below FEW_ROWS each projection is left to gemm.py (here one sgemm_batch call), above it each
+    """Below FEW_ROWS each projection is left to gemm.py (its calls threaded by the BLAS), above it each
     core takes its own rows: the same function either way (1e-13 in float64, float32 rounding otherwise)."""
     model = bge_ref.load(minilm_path, dtype=dtype)
     batch = model.tokenize(TEXTS[:3])
@@ -218,12 +218,12 @@ def test_float32_error_within_torch_on_minilm(minilm_path, minilm_oracle):
 
 @pytest.mark.parametrize("texts", [["what is the boiling point of water"], TEXTS[:3]])
 def test_float32_error_within_torch_for_a_few_rows(minilm_path, texts):
-    """One query, or a few texts: the forward's few-rows layout (one sgemm_batch call per
-    projection, gemm.batched) within 1.2x transformers' float32 error too, at every stage."""
+    """One query, or a few texts: the forward's few-rows layout (gemm.py's shorter chunks below
+    QUERY_ROWS rows) within 1.2x transformers' float32 error too, at every stage."""
     from bge_ref.testing.oracle import four_runs, oracle_study
     from bge_ref.verify import compare_stages, run_ours
     batch = bge_ref.load(minilm_path).tokenize(texts)
-    assert batch["attention_mask"].sum() < gemm.BATCH_ROWS
+    assert batch["attention_mask"].sum() < gemm.QUERY_ROWS
     runs = four_runs(minilm_path, batch)
     ours = compare_stages(runs["ours", "float64"], run_ours(bge_ref.load(minilm_path), batch), title="bge_ref float32")
     over = beyond_torch(ours, oracle_study(runs)["torch32"])
@@ -254,3 +254,15 @@ def test_accuracy_check_catches_a_real_error(minilm_path, minilm_oracle, monkeyp
     """The 1.2x bound has teeth: each deliberate error in the fast path fails it."""
     SABOTAGE[error](monkeypatch)
     assert beyond_torch(_ours32(minilm_path, minilm_oracle), minilm_oracle["reports"]["torch32"])
+
+
+def test_one_thread_same_embeddings(minilm_path, monkeypatch):
+    """BGE_REF_THREADS=1 (threads.forward_threads: the BLAS on one thread too): the same function, up
+    to float32 rounding, for a query and for a long batch."""
+    model = bge_ref.load(minilm_path)
+    for texts in (TEXTS[:1], TEXTS * 8):
+        default = model.encode(texts)
+        monkeypatch.setattr(threads, "THREADS", 1)
+        single = model.encode(texts)
+        monkeypatch.undo()
+        assert np.abs(default - single).max() <= 1e-5

@@ -26,8 +26,8 @@ def numpy_only(x, w):
 
 def accuracy_ratios(seed=0, paths=("blas", "numpy"), rows=1024):
     """{path: {projection: (rms ratio, max ratio)}}: gemm.matmul's error over torch.matmul's at
-    N = rows, through NumPy's OpenBLAS ("blas": rows split over the cores at 1024 rows, one
-    sgemm_batch call at 12) and through the NumPy-only fallback ("numpy")."""
+    N = rows, through NumPy's OpenBLAS ("blas") and through the NumPy-only fallback ("numpy", always
+    in chunks of CHUNK)."""
     torch.set_num_threads(2)
     out = {p: {} for p in paths}
     for name, K, M, kind in PROJECTIONS:
@@ -188,107 +188,39 @@ def test_everything_else_is_np_matmul():
         gemm.matmul(x64.astype(np.float32), w64[:299].astype(np.float32))
 
 
-# -- threads --
+# -- chunks and threads --
 
-@pytest.mark.parametrize("n_threads, N, blocks", [(2, 1001, 2), (3, 1001, 3), (8, 300, 2), (2, 256, 2)])
-def test_rows_split_over_the_pool_give_the_same_product(path, n_threads, N, blocks, monkeypatch):
-    """Blocks of rows on bge_ref's pool, BLAS single-threaded: every row written, the product as
-    with one block up to rounding (bit for bit with the SkylakeX kernel, not with Haswell's, whose
-    edge tiles sum in another order)."""
-    monkeypatch.setattr(threads, "THREADS", n_threads)
-    x, w = projection_inputs(N, 1024, 300, "ln")
-    calls = []
-    run = threads.run
-    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
-    split = gemm.matmul(x, w, out=np.full((N, 300), np.nan, np.float32))
-    assert calls == ([blocks] if blocks > 1 else [])     # blocks of at least MIN_BLOCK_ROWS rows
-    close_to_matmul(split, x, w)
-    monkeypatch.setattr(gemm, "MIN_BLOCK_ROWS", 10**6)
-    monkeypatch.setattr(gemm, "MIN_BLOCK_COLS", 10**6)
+class RecordingSgemm:
+    """Stands for cblas_sgemm: records each call's k, then calls the real one."""
+    def __init__(self, sgemm):
+        self.sgemm, self.argtypes, self.ks = sgemm, sgemm.argtypes, []
+
+    def __call__(self, *args):
+        self.ks.append(args[5])
+        return self.sgemm(*args)
+
+
+@pytest.mark.parametrize("N, chunk", [(1, gemm.QUERY_CHUNK), (gemm.QUERY_ROWS - 1, gemm.QUERY_CHUNK),
+                                      (gemm.QUERY_ROWS, gemm.CHUNK), (300, gemm.CHUNK)])
+def test_chunks_shorter_below_query_rows(N, chunk, monkeypatch):
+    """Every call sums at most `chunk` products, every chunk once: QUERY_CHUNK below QUERY_ROWS rows."""
+    rec = RecordingSgemm(gemm.blas())
+    monkeypatch.setattr(gemm, "_blas", rec)
+    x, w = projection_inputs(N, 1000, 70, "ln")
     close_to_matmul(gemm.matmul(x, w), x, w)
-    assert len(calls) == (blocks > 1)                    # one block: no pool
+    assert sum(rec.ks) == 1000 and max(rec.ks) == chunk and len(rec.ks) == -(-1000 // chunk)
 
 
-@pytest.mark.parametrize("n_threads, N, M, blocks", [(2, 15, 300, 2), (3, 255, 1000, 3), (2, 1, 127, 1), (8, 4, 200, 3)])
-def test_few_rows_split_the_columns_over_the_pool(path, n_threads, N, M, blocks, monkeypatch):
-    """Fewer rows than two row blocks (and no sgemm_batch call): the output columns are split
-    instead (each core reads its own columns of w), blocks of at least MIN_BLOCK_COLS; every element
-    written, once, and the product as with one block up to rounding (edge tiles may take another kernel)."""
-    monkeypatch.setattr(threads, "THREADS", n_threads)
-    monkeypatch.setattr(gemm, "BATCH_ROWS", 0)
-    x, w = projection_inputs(N, 1024, M, "ln")
-    calls, run = [], threads.run
-    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append([c for _, c in args]) or run(fn, args))
-    split = gemm.matmul(x, w, out=np.full((N, M), np.nan, np.float32))
-    assert [len(c) for c in calls] == ([blocks] if blocks > 1 else [])
-    if blocks > 1:
-        assert sum(c.stop - c.start for c in calls[0]) == M and all(c.stop - c.start >= gemm.MIN_BLOCK_COLS for c in calls[0])
-    close_to_matmul(split, x, w)
-    bias = np.arange(M, dtype=np.float32)
-    np.testing.assert_allclose(gemm.matmul(x, w, out=np.tile(bias, (N, 1)), accumulate=True), split + bias,
-                               rtol=1e-6, atol=1e-4)
-
-
-def test_split_only_when_the_blas_thread_count_is_free(path, monkeypatch):
-    """threads.blas_limit_lock held by another thread (its single-threaded block sets the BLAS thread
-    count): one block, in this thread. Held by this thread itself: the lock is reentrant, so the rows
-    still split, under a nested limit of this thread's own, and nothing deadlocks."""
-    monkeypatch.setattr(threads, "THREADS", 2)
-    x, w = projection_inputs(600, 300, 50, "ln")
-    calls = []
-    run = threads.run
-    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
-    held, done = threading.Event(), threading.Event()
-
-    def hold():
-        with threads.blas_limit_lock:
-            held.set()
-            done.wait(60)
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(60)
-        close_to_matmul(gemm.matmul(x, w), x, w)
-    finally:
-        done.set()
-        holder.join(60)
-    assert calls == []                                   # another thread holds it: no split
-    results = []
-
-    def nested():
-        with threads.blas_limit_lock:
-            results.append(gemm.matmul(x, w))
-    worker = threading.Thread(target=nested)
-    worker.start()
-    worker.join(60)
-    assert not worker.is_alive(), "deadlock"
-    close_to_matmul(results[0], x, w)
-    assert calls == [2]                                  # this thread holds it: split all the same
-
-
-def test_without_threadpoolctl_one_block(path, monkeypatch):
-    """Without threadpoolctl the BLAS thread count cannot be set: one block, BLAS threads each call."""
-    monkeypatch.setattr(threads, "THREADS", 2)
-    monkeypatch.setattr(threads, "blas_single_threaded", lambda: None)
-    monkeypatch.setattr(threads, "run", None)            # a call to it would fail loudly
-    x, w = projection_inputs(600, 300, 50, "ln")
-    close_to_matmul(gemm.matmul(x, w), x, w)
-    assert lock_is_free(threads.blas_limit_lock)
-
-
-def lock_is_free(lock) -> bool:
-    """Whether another thread can take the lock now (an RLock has no .locked())."""
-    import threading
-    free = []
-
-    def take():
-        free.append(lock.acquire(blocking=False))
-        if free[0]:
-            lock.release()
-    t = threading.Thread(target=take)
-    t.start()
-    t.join(10)
-    return free == [True]
+def test_blas_threads_or_one_thread_same_product():
+    """Each call threaded by the BLAS, or single-threaded inside a split (fast.py's rows layout):
+    the same product up to rounding, at a few rows and at many."""
+    for N in (3, 200):
+        x, w = projection_inputs(N, 1024, 700, "ln")
+        threaded = gemm.matmul(x, w)
+        with threads.split():
+            single = gemm.matmul(x, w)
+        close_to_matmul(threaded, x, w)
+        close_to_matmul(single, x, w)
 
 
 def test_called_from_the_pool_itself(monkeypatch):
@@ -303,75 +235,6 @@ def test_called_from_the_pool_itself(monkeypatch):
     for i, y in enumerate(results):
         close_to_matmul(y, x[i:], w)
     assert len(results) == 4
-
-
-# -- a few rows: one sgemm_batch call --
-
-class RecordingBatch:
-    """Stands for cblas_sgemm_batch: records each group's (m, n, k, size), then calls the real one."""
-    def __init__(self, real):
-        self.real, self.argtypes, self.calls = real, real.argtypes, []
-
-    def __call__(self, *args):
-        G = args[14]
-        self.calls.append([(args[3][g], args[4][g], args[5][g], args[15][g]) for g in range(G)])
-        return self.real(*args)
-
-
-@pytest.fixture
-def recording(monkeypatch):
-    assert gemm.blas_batch() is not None, "NumPy's OpenBLAS has no cblas_sgemm_batch"
-    rec = RecordingBatch(gemm.blas_batch())
-    monkeypatch.setattr(gemm, "_batch", rec)
-    return rec
-
-
-@pytest.mark.parametrize("N, K, M", [(1, 1024, 1024), (12, 1024, 3072), (12, 4096, 1024), (60, 384, 384),
-                                     (3, 1536, 384), (40, 1000, 700)])
-@pytest.mark.parametrize("layout", ["row-major", "transposed"])
-def test_few_rows_take_one_batch_call_summed_as_chunked(recording, N, K, M, layout):
-    """Fewer than BATCH_ROWS rows: one sgemm_batch call, every chunk (of BATCH_CHUNK) once, each
-    product above OpenBLAS's small-matrix bound (its DYNAMIC_ARCH builds crash there), the result
-    chunked()'s up to rounding."""
-    x, w = projection_inputs(N, K, M, "ln")
-    w = np.ascontiguousarray(w) if layout == "row-major" else w
-    bias = np.arange(M, dtype=np.float32)
-    for accumulate in (False, True):
-        y = gemm.matmul(x, w, out=np.tile(bias, (N, 1)), accumulate=accumulate)
-        if not accumulate:
-            close_to_matmul(y, x, w)
-        want = np.tile(bias, (N, 1))
-        gemm.chunked(x, w, want, gemm._blas_product(gemm.blas()), accumulate)
-        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
-    assert len(recording.calls) == 2
-    groups = recording.calls[0]
-    assert sum(size * k for _, _, k, size in groups) == K and all(k <= gemm.BATCH_CHUNK for _, _, k, _ in groups)
-    assert all(m * n * k > 100 ** 3 and m >= N for m, n, k, _ in groups)
-
-
-def test_batch_not_taken_in_a_split_part_nor_above_batch_rows(recording, monkeypatch):
-    monkeypatch.setattr(threads, "THREADS", 2)
-    x, w = projection_inputs(12, 1024, 300, "ln")
-    threads.run(lambda i: close_to_matmul(gemm.matmul(x, w), x, w), [(0,), (1,)])
-    assert recording.calls == []                         # in a part: the other core is busy with the other
-    x, w = projection_inputs(gemm.BATCH_ROWS, 1024, 300, "ln")
-    close_to_matmul(gemm.matmul(x, w), x, w)
-    assert recording.calls == []
-
-
-def test_without_sgemm_batch_few_rows_split_the_columns(monkeypatch):
-    monkeypatch.setattr(gemm, "_batch", None)
-    monkeypatch.setattr(threads, "THREADS", 2)
-    calls, run = [], threads.run
-    monkeypatch.setattr(threads, "run", lambda fn, args: calls.append(len(args)) or run(fn, args))
-    x, w = projection_inputs(12, 1024, 300, "ln")
-    close_to_matmul(gemm.matmul(x, w), x, w)
-    assert calls == [2]
-
-
-def test_finds_sgemm_batch_beside_sgemm():
-    batch, sgemm = gemm.blas_batch(), gemm.blas()
-    assert batch is not None and batch.argtypes[14] is sgemm.argtypes[3]  # the same integer width
 
 
 def test_transpose_into_a_column_block():
@@ -447,17 +310,17 @@ def test_error_no_larger_than_torch():
 
 
 def test_few_rows_error_no_larger_than_the_chunked_loop():
-    """12 rows, one sgemm_batch call: its shorter chunks keep the error at most that of chunked()
-    (torch's own kernel for a few rows sums more accurately still: tests/test_fast.py holds the
-    whole one-query forward within 1.2x transformers' error)."""
-    assert gemm.blas_batch() is not None
+    """12 rows: the shorter chunks (QUERY_CHUNK) keep the error at most that of CHUNK's (the
+    NumPy-only loop here; torch's own kernel for a few rows sums more accurately still:
+    tests/test_fast.py holds the whole one-query forward within 1.2x transformers' error)."""
+    assert gemm.blas() is not None and 12 < gemm.QUERY_ROWS
     ratios = accuracy_ratios(rows=12)
     worse = {}
     for name, (rms, most) in ratios["blas"].items():
         loop_rms, loop_most = ratios["numpy"][name]
         if rms > loop_rms or most > loop_most:
             worse[name] = ((rms, most), (loop_rms, loop_most))
-    assert not worse, f"{blas_kernel()} kernel: sgemm_batch's (rms, max) ratios to torch above chunked()'s at {worse}"
+    assert not worse, f"{blas_kernel()} kernel: QUERY_CHUNK's (rms, max) ratios to torch above CHUNK's at {worse}"
 
 
 def test_error_no_larger_than_torch_under_the_haswell_kernel():

@@ -98,3 +98,14 @@ def test_run_in_the_calling_thread_when_not_parallel(monkeypatch):
     names = set()
     threads.run(lambda i: names.add(threading.current_thread().name), [(i,) for i in range(6)], parallel=False)
     assert names == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_one_thread_makes_the_blas_single_threaded_too(n_threads, monkeypatch):
+    """BGE_REF_THREADS=1: the BLAS on one thread inside a forward, its count restored after;
+    otherwise the BLAS keeps its own threads."""
+    monkeypatch.setattr(threads, "THREADS", n_threads)
+    before = numpy_blas_threads()
+    with threads.forward_threads():
+        assert numpy_blas_threads() == ([1] * len(before) if n_threads == 1 else before)
+    assert numpy_blas_threads() == before
