@@ -78,7 +78,7 @@ def matmul(x, w, out=None, accumulate=False):
     if accumulate and y is not out:
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
-    product = _blas_product(sgemm) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product()
+    product = _blas_product(sgemm, x, w) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product(x, w)
     chunked(x, w, y, product, accumulate, QUERY_CHUNK if N < QUERY_ROWS else CHUNK)
     if out is None or out is y:
         return y
@@ -86,19 +86,18 @@ def matmul(x, w, out=None, accumulate=False):
     return out
 
 
-def chunked(x, w, y, add_product, accumulate=False, chunk=CHUNK):
-    """y = x @ w (y += x @ w if accumulate) summed over K `chunk` columns at a time: add_product(xk,
-    wk, acc, first) sets (first) or adds xk @ wk into acc, the partial sum of the chunk's group; the
-    groups' partial sums are added last."""
+def chunked(x, w, y, product, accumulate=False, chunk=CHUNK):
+    """y = x @ w (y += x @ w if accumulate) summed over K `chunk` columns at a time: product(acc)
+    gives add(k0, k1, first), which sets (first) or adds x[:, k0:k1] @ w[k0:k1] into acc, the
+    partial sum of the chunk's group; the groups' partial sums are added last."""
     part = None
     for g, (g0, g1) in enumerate(groups(x.shape[1])):
         if g and part is None:
             part = np.empty(y.shape, np.float32)          # (N, M) the later groups' partial sum
-        acc = y if g == 0 else part
+        add = product(y if g == 0 else part)
         for k0 in range(g0, g1, chunk):
-            k1 = min(k0 + chunk, g1)
             first = k0 == g0 and not (accumulate and g == 0)  # the first group adds to out's own values
-            add_product(x[:, k0:k1], w[k0:k1], acc, first)   # (N, k) @ (k, M) into (N, M)
+            add(k0, min(k0 + chunk, g1), first)           # (N, k) @ (k, M) into (N, M)
         if g:
             y += part                                     # (N, M)
 
@@ -109,28 +108,40 @@ def groups(K):
     return [(k, min(k + n, K)) for k in range(0, K, n)]
 
 
-def _blas_product(sgemm):
-    """acc = xk @ wk (first) or acc += xk @ wk in one sgemm call: beta = 1 adds inside the kernel."""
-    def add_product(xk, wk, acc, first):
-        (N, k), M = xk.shape, wk.shape[1]
-        (ta, lda), (tb, ldb) = _blas_layout(xk), _blas_layout(wk)
-        sgemm(ROW_MAJOR, ta, tb, N, M, k, 1.0, xk.ctypes.data, lda, wk.ctypes.data, ldb,
-              0.0 if first else 1.0, acc.ctypes.data, acc.strides[0] // 4)
-    return add_product
+def _blas_product(sgemm, x, w):
+    """chunked()'s product through cblas_sgemm, one call per chunk: beta = 1 adds inside the kernel.
+    Layouts and addresses are worked out once per matmul, not per chunk: NumPy's `.ctypes.data`
+    takes about 1 us, and a query's forward makes 2,688 calls."""
+    (N, _), M = x.shape, w.shape[1]
+    (ta, lda), (tb, ldb) = _blas_layout(x), _blas_layout(w)
+    xa, wa = x.ctypes.data, w.ctypes.data
+    x_col = 4 if ta == NO_TRANS else 4 * lda              # bytes from one column of x to the next
+    w_row = 4 * ldb if tb == NO_TRANS else 4              # bytes from one row of w to the next
+
+    def into(acc):
+        ca, ldc = acc.ctypes.data, acc.strides[0] // 4
+
+        def add(k0, k1, first):
+            sgemm(ROW_MAJOR, ta, tb, N, M, k1 - k0, 1.0, xa + x_col * k0, lda, wa + w_row * k0, ldb,
+                  0.0 if first else 1.0, ca, ldc)
+        return add
+    return into
 
 
-def _numpy_product():
+def _numpy_product(x, w):
     """The same through np.matmul: each chunk's product into a scratch buffer, then an add."""
     scratch = []
 
-    def add_product(xk, wk, acc, first):
-        if first:
-            np.matmul(xk, wk, out=acc)
-            return
-        if not scratch:
-            scratch.append(np.empty(acc.shape, np.float32))  # (N, M) one chunk's product
-        acc += np.matmul(xk, wk, out=scratch[0])
-    return add_product
+    def into(acc):
+        def add(k0, k1, first):
+            if first:
+                np.matmul(x[:, k0:k1], w[k0:k1], out=acc)
+                return
+            if not scratch:
+                scratch.append(np.empty(acc.shape, np.float32))  # (N, M) one chunk's product
+            np.add(acc, np.matmul(x[:, k0:k1], w[k0:k1], out=scratch[0]), out=acc)
+        return add
+    return into
 
 
 # -- checks that keep the ctypes call inside the arrays' memory --

@@ -20,7 +20,7 @@ from tests.conftest import subprocess_env
 def numpy_only(x, w):
     """gemm.matmul's NumPy-only fallback, called directly."""
     y = np.empty((x.shape[0], w.shape[1]), np.float32)
-    gemm.chunked(x, w, y, gemm._numpy_product())
+    gemm.chunked(x, w, y, gemm._numpy_product(x, w))
     return y
 
 
