@@ -68,15 +68,16 @@ def layer_norm(x, g, b, eps, out=None):
     scale, shift) each round, up to ~3 ulp at BERT's outlier dimensions (|x| of 5 to 10), where a
     layer's largest errors sit; torch's fused kernel rounds less, and with these it is our error that
     is smaller (tests/test_fast.py, within 1.2x transformers' max and rms). On the fast path's row
-    blocks the float64 temporaries stay in cache: 1.8x a float32 LayerNorm's time, ~2% of a forward."""
+    blocks the float64 temporaries stay in cache."""
     y = x.astype(np.float64)                                 # (..., D) a copy: x is left as it was
     y -= y.mean(axis=-1, keepdims=True)
-    y *= 1.0 / np.sqrt(np.mean(np.square(y), axis=-1, keepdims=True) + eps)
+    var = np.einsum("...d,...d->...", y, y)[..., None] / y.shape[-1]  # (..., 1) one pass, no squared copy
+    y *= 1.0 / np.sqrt(var + eps)
     y *= g
-    y += b
     if out is None:
+        y += b
         return y.astype(x.dtype, copy=False)                 # (..., D)
-    np.copyto(out, y, casting="same_kind")
+    np.add(y, b, out=out, casting="same_kind")               # the shift and the one rounding, in one pass
     return out                                               # (..., D)
 
 
