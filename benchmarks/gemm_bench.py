@@ -8,8 +8,7 @@ Per shape (N = 1024 tokens): the rms and max error against the float64 product, 
 torch.matmul's (2 threads); and the cost as a ratio to plain `x @ w`, measured two ways, each
 interleaved and best of --repeat: wall time (both on the BLAS's threads), and CPU time of one thread
 with BLAS single-threaded (the work itself, much less disturbed by other processes on a shared
-machine). The spread column
-is median / best of the plain wall times: how noisy the machine was.
+machine). The spread column is median / best of the plain wall times: how noisy the machine was.
 """
 from __future__ import annotations
 

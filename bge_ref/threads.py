@@ -2,8 +2,9 @@
 
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
 in parallel on large arrays. fast.py gives each thread its own rows (or attention heads) with BLAS
-single-threaded inside (`split`), and gemm.py, below two row blocks, its own columns of each
-weight; checkpoint.py checks and copies several layers at once. The calling thread takes a part too.
+single-threaded inside (`split`), from fast.FEW_ROWS token rows (with fewer, the BLAS's own threads
+share each matmul); checkpoint.py checks and copies several layers at once. The calling thread takes
+a part too.
 $BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations
@@ -35,11 +36,13 @@ _local = threading.local()
 
 def run(fn, args_list, parallel=True):
     """[fn(*args) for args in args_list], on THREADS threads (in this one when there is nothing to
-    split, or parallel is False). This thread takes parts too, rather than only waiting: one
-    wake-up fewer per split (a query's forward splits 120 times). Every part has run when it
-    returns, or raises the first error in argument order."""
+    split, parallel is False, or this is itself a part of a run: the pool's threads are busy with
+    the other parts, and one waiting for a helper it queued behind itself would never return). This
+    thread takes parts too, rather than only waiting: one wake-up fewer per split (a forward of many
+    rows splits three times a layer). Every part has run when it returns, or raises the first error
+    in argument order."""
     global _pool, _pool_size
-    if THREADS == 1 or len(args_list) <= 1 or not parallel:
+    if THREADS == 1 or len(args_list) <= 1 or not parallel or in_part():
         return [fn(*args) for args in args_list]
     if _pool is None or _pool_size < THREADS - 1:
         _pool, _pool_size = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="bge_ref"), THREADS - 1

@@ -109,3 +109,26 @@ def test_one_thread_makes_the_blas_single_threaded_too(n_threads, monkeypatch):
     with threads.forward_threads():
         assert numpy_blas_threads() == ([1] * len(before) if n_threads == 1 else before)
     assert numpy_blas_threads() == before
+
+
+def test_run_inside_a_part_runs_in_that_thread(monkeypatch):
+    """A part that calls run() again (every pool thread busy with the outer parts) takes all of its
+    own parts in its thread instead of queueing helpers behind itself: no deadlock, results in order."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    names, out = set(), []
+
+    def inner(i, j):
+        names.add((i, threading.current_thread().name))
+        return i * 10 + j
+
+    def outer(i):
+        return threads.run(lambda j: inner(i, j), [(j,) for j in range(4)])
+    worker = threading.Thread(target=lambda: out.extend(threads.run(outer, [(i,) for i in range(4)])))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "deadlock"
+    assert out == [[i * 10 + j for j in range(4)] for i in range(4)]
+    by_part = {}
+    for i, name in names:
+        by_part.setdefault(i, set()).add(name)
+    assert all(len(v) == 1 for v in by_part.values())     # each outer part's inner parts on one thread
