@@ -150,7 +150,12 @@ _GELU_P = (4.222032021589694e-3, 4.134108214741302e-2, 1.8532739321367483e-1, 4.
 _GELU_Q = (1.0582966989617472e-2, 1.0363226429074025e-1, 4.749958517793812e-1, 1.2111731742912322,
            1.6800976455664558, 1.0)
 _A_CAP = 40.0    # exp(-40^2 / 2) is 0 in float64; capping a keeps inf out of P / Q (GELU(+-inf) = inf, 0)
-_BLOCK = 65536   # elements per block: four float64 temporaries (512 KB each) fit a 2 MB L2 cache; fewer, longer ufunc calls also hold the GIL less (measured: 16K 10.8 ns/elem on 2 threads, 64K 6.3; float32: 8K 7.1, 64K 3.8)
+# Bytes per temporary: three of them and the block of x fit a 2 MB L2 cache (128K float32 elements).
+# With two threads, every ufunc call's end may wait for the GIL, and such waits cost more than the
+# pass itself, so fewer, longer calls scale better: two threads each on a 512 x 4096 float32 GELU take
+# 0.80x one thread's time for both with four 64K-element temporaries, 0.59x with three of 128K
+# (bge-large 8x128 forward: GELU 0.54 -> 0.45 s of thread time).
+_BLOCK_BYTES = 512 << 10
 
 
 def gelu_fast(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -188,20 +193,21 @@ def _gelu_float32(x, out, P, Q, work=np.float64, cap=_A_CAP):
     precision (float64: `gelu`, one rounding to float32 at the end; float32: `gelu_fast`), with
     T(a) = exp(-a^2/2) P(a) / Q(a) (coefficients highest power first) and a capped at `cap`."""
     xf, of = x.reshape(-1), out.reshape(-1)
-    a, e, p, q = (np.empty(min(_BLOCK, xf.size), work) for _ in range(4))
-    for i in range(0, xf.size, _BLOCK):
-        xb = xf[i:i + _BLOCK]
+    block = _BLOCK_BYTES // np.dtype(work).itemsize
+    a, p, q = (np.empty(min(block, xf.size), work) for _ in range(3))
+    for i in range(0, xf.size, block):
+        xb = xf[i:i + block]
         n = xb.size
-        ab, eb, pb, qb = a[:n], e[:n], p[:n], q[:n]
+        ab, pb, qb = a[:n], p[:n], q[:n]
         np.abs(xb, out=ab)                                # a = |x|
         np.minimum(ab, cap, out=ab)                       # (nan stays nan)
-        np.multiply(ab, -0.5, out=eb)
-        eb *= ab
-        np.exp(eb, out=eb)                                # exp(-a^2 / 2); a^2 exact in float64
         _horner(ab, P, pb)
         pb /= _horner(ab, Q, qb)                          # R(a)
-        pb *= eb
+        np.multiply(ab, -0.5, out=qb)
+        qb *= ab
+        np.exp(qb, out=qb)                                # exp(-a^2 / 2); a^2 exact in float64
+        pb *= qb
         pb *= ab                                          # a T(a)
-        np.maximum(xb, 0.0, out=eb)                       # relu(x)
-        np.subtract(eb, pb, out=of[i:i + n], casting="same_kind")  # in float64, the one rounding to float32
+        np.maximum(xb, 0.0, out=qb)                       # relu(x)
+        np.subtract(qb, pb, out=of[i:i + n], casting="same_kind")  # in float64, the one rounding to float32
     return out

@@ -67,18 +67,26 @@ def layer_norm(x, g, b, eps, out=None):
     float32 is normalized in float64 and rounded once. In float32 the four steps (center, divide,
     scale, shift) each round, up to ~3 ulp at BERT's outlier dimensions (|x| of 5 to 10), where a
     layer's largest errors sit; torch's fused kernel rounds less, and with these it is our error that
-    is smaller (tests/test_fast.py, within 1.2x transformers' max and rms). On the fast path's row
-    blocks the float64 temporaries stay in cache."""
-    y = x.astype(np.float64)                                 # (..., D) a copy: x is left as it was
-    y -= y.mean(axis=-1, keepdims=True)
-    var = np.einsum("...d,...d->...", y, y)[..., None] / y.shape[-1]  # (..., 1) one pass, no squared copy
-    y *= 1.0 / np.sqrt(var + eps)
-    y *= g
-    if out is None:
+    is smaller (tests/test_fast.py, within 1.2x transformers' max and rms). It runs LN_BLOCK_BYTES
+    of float64 rows at a time, so its seven passes stay in cache."""
+    D = x.shape[-1]
+    res = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)  # (..., D)
+    xs, rows = x.reshape(-1, D), res.reshape(-1, D)          # (N, D) views (xs a copy if x is strided)
+    n = max(1, LN_BLOCK_BYTES // (8 * D))                    # rows per block
+    buf = np.empty((min(n, len(xs)), D))                     # (n, D) float64
+    for s in range(0, len(xs), n):
+        y = buf[:len(xs[s:s + n])]                           # (n, D)
+        np.copyto(y, xs[s:s + n])                            # a copy: x is left as it was
+        y -= np.add.reduce(y, axis=-1, keepdims=True) / D    # the mean (y.mean's steps without its Python)
+        var = np.einsum("...d,...d->...", y, y)[..., None] / D  # (n, 1) one pass, no squared copy
+        y *= 1.0 / np.sqrt(var + eps)
+        y *= g
         y += b
-        return y.astype(x.dtype, copy=False)                 # (..., D)
-    np.add(y, b, out=out, casting="same_kind")               # the shift and the one rounding, in one pass
-    return out                                               # (..., D)
+        np.copyto(rows[s:s + n], y, casting="same_kind")     # the one rounding (an add into float32 casts
+                                                             # in buffered steps: 1.5x this add and copy)
+    if out is not None and res is not out:
+        out[...] = res
+    return res if out is None else out                       # (..., D)
 
 
 def embeddings(input_ids, token_type_ids, word, position, token_type, ln, eps):
@@ -333,3 +341,5 @@ SCORES_BLOCK_BYTES = 4 << 20
 # BLAS calls beat a cache-sized intermediate (MiniLM corpus encode(), 1000 texts: 256 rows 12.4 s,
 # 512 11.6 s, 1024 11.3 s, 2048 11.9 s).
 ROWS_BLOCK = 1024
+# float64 rows layer_norm normalizes at a time: its passes stay in a core's L2 cache.
+LN_BLOCK_BYTES = 512 << 10
