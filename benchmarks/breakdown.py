@@ -15,13 +15,19 @@ way, for comparison. Every timing is the best of --repeat, the candidates interl
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 
 import bge_ref  # noqa: I001  (first: it sets OpenBLAS's idle-thread timeout before NumPy loads)
 import bge_ref.fast as F
-from bge_ref import gemm
+from bge_ref import gemm, threads
+from bge_ref.erf import gelu_fast
 from bge_ref.testing.readme import machine, write_region
 import numpy as np
 from bench import THREADS, models  # benchmarks/bench.py, beside this file
@@ -136,14 +142,106 @@ def profile(path, B=8, S=128, repeat=5):
                 blas=min(plain["blas"]), accurate=min(plain["accurate"]), total=total, spent=spent, bare=bare, torch_mm=torch_mm)
 
 
+# -- two cores, one GIL: how the forward's two kinds of work scale over threads ---------------------
+
+def _halves(seed=0, rows=512, D=1024, F=4096):
+    """Two cores' shares of one 8 x 128 bge-large FFN: each (rows x F) GELU input, (rows x D) input, (D x F) weight."""
+    rng = np.random.default_rng(seed)
+    return ([rng.standard_normal((rows, F), np.float32) for _ in range(2)],
+            [rng.standard_normal((rows, D), np.float32) for _ in range(2)], rng.standard_normal((D, F), np.float32))
+
+
+def _kinds(hs, xs, w, reps):
+    """{kind: fn(i) doing core i's share `reps` times}: the GELU, and the FFN's first matmul on one BLAS thread."""
+    outs = [np.empty_like(h) for h in hs]
+    ys = [np.empty((len(x), w.shape[1]), np.float32) for x in xs]
+
+    def gelu(i):
+        for _ in range(reps):
+            gelu_fast(hs[i], out=outs[i])
+
+    def matmul(i):
+        for _ in range(reps):
+            np.matmul(xs[i], w, out=ys[i])
+    return {"GELU": gelu, "matmul": matmul}
+
+
+def _in_process(kind, i, reps, start, results):
+    """One process's share, started with the other's (a barrier), its seconds put in results."""
+    with threads.blas_single_threaded() or nullcontext():
+        fn = _kinds(*_halves(), reps)[kind]
+        fn(i)                                             # warm
+        start.wait()
+        t = time.perf_counter()
+        fn(i)
+        results.put(time.perf_counter() - t)
+
+
+def scaling(reps=20, repeat=3) -> dict:
+    """{kind: (one thread doing both shares, two threads one each, two processes one each)} in seconds, best of repeat."""
+    fns = _kinds(*_halves(), reps)
+    ctx = multiprocessing.get_context("spawn")            # fresh interpreters: no GIL shared, no state forked
+    out = {}
+    with threads.blas_single_threaded() or nullcontext():
+        for kind, fn in fns.items():
+            fn(0), fn(1)
+            one = min(_timed(lambda: (fn(0), fn(1))) for _ in range(repeat))
+            two = min(_timed(lambda: threads.run(fn, [(0,), (1,)])) for _ in range(repeat))
+            procs = []
+            for _ in range(repeat):
+                start, results = ctx.Barrier(3), ctx.Queue()
+                ps = [ctx.Process(target=_in_process, args=(kind, i, reps, start, results)) for i in range(2)]
+                for p in ps:
+                    p.start()
+                start.wait()
+                procs.append(max(results.get(timeout=600) for _ in ps))
+                for p in ps:
+                    p.join()
+            out[kind] = (one, two, min(procs))
+    return out
+
+
+def one_thread_forward(path, B=8, S=128, repeat=3) -> float:
+    """Seconds of the same forward with BGE_REF_THREADS=1 (the BLAS on one thread too), in a fresh process."""
+    code = (f"import time, numpy as np, bge_ref; m = bge_ref.load({str(path)!r}); r = np.random.default_rng(0); "
+            f"ids = r.integers(1000, 30000, ({B}, {S})); ids[:, 0] = 101; f = lambda: m.forward(ids, np.ones_like(ids)); f(); "
+            f"ts = [];\nfor _ in range({repeat}):\n    t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)\n"
+            "print(min(ts))")
+    env = dict(os.environ, BGE_REF_THREADS="1")
+    return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+
+
+def scaling_text(big_path, big_plain) -> str:
+    """The markdown of the thread-scaling section."""
+    s = scaling()
+    one = one_thread_forward(big_path)
+    rows = [f"| {kind} | {a:.3f} | {b:.3f} ({a / b:.2f}x) | {c:.3f} ({a / c:.2f}x) |" for kind, (a, b, c) in s.items()]
+    g, mm = s["GELU"], s["matmul"]
+    return "\n".join([
+        "**Two cores, one GIL.** Each core's share of one bge-large 8 x 128 FFN, 20 times: a 512 x 4096 float32 GELU "
+        "(`erf.gelu_fast`) and the 512 x 1024 @ 1024 x 4096 matmul on one BLAS thread. Seconds, best of 3, and the "
+        "speed-up over one thread doing both shares:",
+        "",
+        "| work | one thread, both shares | two threads, one share each | two processes, one share each |",
+        "| --- | ---: | ---: | ---: |",
+        *rows,
+        "",
+        f"The matmul scales {mm[0] / mm[1]:.2f}x over two threads: BLAS drops the GIL for a whole call. The GELU, "
+        f"{g[0] / g[1]:.2f}x: it is a run of short NumPy calls, and at the end of each, a thread must take the GIL "
+        f"back, waiting whenever the other thread holds it. In two processes, which share no GIL, it scales "
+        f"{g[0] / g[2]:.2f}x. The whole bge-large forward takes {one:.3f} s on one thread (`BGE_REF_THREADS=1`) and "
+        f"{big_plain:.3f} s on two: {one / big_plain:.2f}x.",
+    ])
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
-def report(name, path, B=8, S=128, repeat=5) -> tuple[str, float]:
-    """The markdown for one model, and its forward / bare BLAS ratio."""
+def report(name, path, B=8, S=128, repeat=5) -> tuple[str, float, float]:
+    """The markdown for one model, its forward / bare BLAS ratio, and the forward's seconds."""
     p = profile(path, B, S, repeat)
     spent, bare, total = p["spent"], p["bare"], p["total"]
     rows = []
@@ -175,7 +273,7 @@ def report(name, path, B=8, S=128, repeat=5) -> tuple[str, float]:
         f"time: that much of the ratio is the price of accuracy. The forward takes {plain / p['accurate']:.2f}x them: "
         "the rest is everything around the matmuls.",
     ])
-    return text, ratio
+    return text, ratio, plain
 
 
 def main():
@@ -183,8 +281,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    parts = [report(name, path, repeat=args.repeat)[0] for name, path in models().items()]
-    text = "\n\n".join([f"`python benchmarks/breakdown.py` on {machine('torch')}; {THREADS} threads used.", *parts])
+    reports = {name: report(name, path, repeat=args.repeat) for name, path in models().items()}
+    big = next(name for name in reports if "bge-large" in name)
+    text = "\n\n".join([f"`python benchmarks/breakdown.py` on {machine('torch')}; {THREADS} threads used.",
+                         *(text for text, _, _ in reports.values()), scaling_text(models()[big], reports[big][2])])
     print(text)
     if args.write_readme:
         write_region("profile", text)

@@ -10,10 +10,12 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   their bias, residual, GELU and LayerNorm right away, ROWS_BLOCK rows at a time (`layer`). So the
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
   core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
-  Below FEW_ROWS token rows (a query, a few texts, a passage) the forward is bound by reading the
-  weights, and that layout would have every core stream every weight matrix: there each projection
-  is left to gemm.py, whose BLAS calls split the output between the BLAS's own threads (each core
-  reads its own part of w), and the rest runs in the calling thread;
+  With several sequences, each core takes whole sequences and runs every layer on them (`encoder`):
+  no core waits for another between layers either. Below FEW_ROWS token rows (a query, a few
+  texts, a passage) the forward is bound by reading the weights, and that layout would have every
+  core stream every weight matrix: there each projection is left to gemm.py, whose BLAS calls split
+  the output between the BLAS's own threads (each core reads its own part of w), and the rest runs
+  in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -233,7 +235,25 @@ def cls_rows(runs):
 
 def encoder(x, runs, layers, config: BertConfig, output_hidden_states=False, cls_only=False):
     """BertEncoder, as model.encoder, on packed rows (N, D). With cls_only (no hidden states), the
-    last layer computes each sequence's first row only: (n_sequences, D)."""
+    last layer computes each sequence's first row only: (n_sequences, D).
+
+    With many rows in several sequences, each core runs every layer on its own sequences
+    (`sequence_parts`): no core waits for another between layers, and the cores drift out of step,
+    so one's GELU and LayerNorm (short NumPy calls, each ending in a wait for the GIL while the other
+    core's thread holds it) meet the other's matmuls rather than its own GELU."""
+    parts = sequence_parts(runs, threads.THREADS) if len(x) >= FEW_ROWS and _same_dtype(layers, x) else []
+    if len(parts) > 1:
+        with threads.split() as n:
+            if n > 1:
+                done = threads.run(lambda rows, r: _layers(x[rows], r, layers, config, output_hidden_states, cls_only),
+                                   parts)
+                states = [np.concatenate(s) for s in zip(*(d[1] for d in done))] if output_hidden_states else None
+                return np.concatenate([d[0] for d in done]), states  # (N, D) or (n_sequences, D)
+    return _layers(x, runs, layers, config, output_hidden_states, cls_only)
+
+
+def _layers(x, runs, layers, config, output_hidden_states, cls_only):
+    """The encoder's layers one after the other: (last hidden state, [every state] or None)."""
     states = [x] if output_hidden_states else None
     for i, p in enumerate(layers):
         last = cls_only and i == len(layers) - 1
@@ -241,6 +261,37 @@ def encoder(x, runs, layers, config: BertConfig, output_hidden_states=False, cls
         if output_hidden_states:
             states.append(x)
     return x, states                                         # (N, D)
+
+
+def sequence_parts(runs, parts):
+    """The packed sequences cut into `parts` groups of whole sequences, balanced by tokens, as
+    [(rows, runs of the group's own rows)]; [] if the largest group would exceed SEQUENCE_BALANCE
+    times an even share (a few sequences of unequal lengths: each layer's rows are split instead)."""
+    lengths = [S for _, B, S in runs for _ in range(B)]
+    ends = np.cumsum(lengths)                                # the row after each sequence
+    N = int(ends[-1]) if lengths else 0
+    cuts = sorted({int(np.abs(ends - N * k / parts).argmin()) + 1 for k in range(1, parts)})  # sequences before each cut
+    bounds = [0, *(c for c in cuts if 0 < c < len(lengths)), len(lengths)]
+    rows = [0, *(int(ends[b - 1]) for b in bounds[1:])]
+    if len(bounds) < 2 or max(np.diff(rows)) > SEQUENCE_BALANCE * N / parts:
+        return []
+    out = []
+    for (a, b), (r0, r1) in zip(zip(bounds, bounds[1:]), zip(rows, rows[1:])):
+        group, start = [], 0
+        for S in lengths[a:b]:
+            if group and group[-1][2] == S:
+                group[-1] = (group[-1][0], group[-1][1] + 1, S)
+            else:
+                group.append((start, 1, S))
+            start += S
+        out.append((slice(r0, r1), group))
+    return out
+
+
+def _same_dtype(layers, x):
+    """True if the weights are stored in the compute dtype: float16 weights are widened once per
+    layer, which each core would otherwise do for itself."""
+    return all(p["inter"]["dense"]["w"].dtype == x.dtype for p in layers)
 
 
 def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, output_hidden_states=False,
@@ -341,5 +392,8 @@ SCORES_BLOCK_BYTES = 4 << 20
 # BLAS calls beat a cache-sized intermediate (MiniLM corpus encode(), 1000 texts: 256 rows 12.4 s,
 # 512 11.6 s, 1024 11.3 s, 2048 11.9 s).
 ROWS_BLOCK = 1024
+# encoder() gives each core its own sequences only if no core gets more than this times an even share
+# of the tokens (8 x 128: 1.0; a batch of the benchmark corpus: 1.0 to 1.03).
+SEQUENCE_BALANCE = 1.1
 # float64 rows layer_norm normalizes at a time: its passes stay in a core's L2 cache.
 LN_BLOCK_BYTES = 512 << 10

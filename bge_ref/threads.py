@@ -1,10 +1,12 @@
 """All cores for the NumPy work that BLAS does not spread over them itself.
 
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
-in parallel on large arrays. fast.py gives each thread its own rows (or attention heads) with BLAS
-single-threaded inside (`split`), from fast.FEW_ROWS token rows (with fewer, the BLAS's own threads
-share each matmul); checkpoint.py checks and copies several layers at once. The calling thread takes
-a part too.
+in parallel on large arrays. fast.py gives each thread its own sequences (every layer) or rows (or
+attention heads) with BLAS single-threaded inside (`split`), from fast.FEW_ROWS token rows (with
+fewer, the BLAS's own threads share each matmul); checkpoint.py checks and copies several layers at
+once. The calling thread takes a part too. Not in parallel: the GIL. Each NumPy call takes it back
+when its loop ends, and waits while another thread holds it, so work made of many short calls (the
+GELU, LayerNorm) gains less from a second thread than a matmul does (benchmarks/breakdown.py).
 $BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations
@@ -103,6 +105,9 @@ def split():
     threadpoolctl) or there is one thread; then BLAS threads each matmul itself and the parts must
     run one after the other in the calling thread (`run(..., parallel=False)`).
     """
+    if in_part():                                        # inside a part of an outer split: BLAS is limited
+        yield 1                                          # already, and the lock is held by the thread
+        return                                           # that waits for this part
     limit = blas_single_threaded() if THREADS > 1 else None
     with blas_limit_lock, limit or nullcontext():
         yield THREADS if limit is not None else 1

@@ -88,6 +88,42 @@ def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, monkeypatch):
     assert np.abs(columns - rows).max() <= (1e-13 if dtype == "float64" else 1e-5)
 
 
+def test_sequence_parts_are_whole_sequences_balanced_by_tokens():
+    assert fast.sequence_parts([(0, 8, 128)], 2) == [(slice(0, 512), [(0, 4, 128)]), (slice(512, 1024), [(0, 4, 128)])]
+    mixed = fast.sequence_parts([(0, 2, 100), (200, 3, 90), (470, 1, 80)], 2)   # a run cut between the parts
+    assert mixed == [(slice(0, 290), [(0, 2, 100), (200, 1, 90)]), (slice(290, 550), [(0, 2, 90), (180, 1, 80)])]
+    assert fast.sequence_parts([(0, 3, 128)], 2) == []    # 256 + 128 tokens: 1.33x an even share
+    assert fast.sequence_parts([(0, 1, 512)], 2) == []    # one sequence: each layer's rows are split instead
+    assert fast.sequence_parts([(0, 5, 10)], 1) == [(slice(0, 50), [(0, 5, 10)])]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sequence_split_and_row_split_agree(minilm_path, dtype, monkeypatch):
+    """Many rows in several sequences: each core runs every layer on its own sequences (in the pool's
+    threads), or each layer's rows are split between the cores. The same function either way, hidden
+    states and the [CLS]-only last layer included."""
+    model = bge_ref.load(minilm_path, dtype=dtype)
+    batch = model.tokenize([TEXTS[0], TEXTS[1]] * 4)           # two halves of equal tokens, runs of one
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(fast, "FEW_ROWS", 0)
+    ran_in, plain = set(), fast._layers
+    monkeypatch.setattr(fast, "_layers", lambda *a: ran_in.add(threading.current_thread()) or plain(*a))
+    by_sequence = [model.forward(**batch), fast.bert(**batch, params=model.params, config=model.config,
+                                                      output_hidden_states=True)[1],
+                   fast.bert(**batch, params=model.params, config=model.config, cls_only=True)[0]]
+    assert len(ran_in) == 2                               # the caller and a pool thread, each on its sequences
+    monkeypatch.setattr(fast, "SEQUENCE_BALANCE", 0.0)   # never: each layer's rows split instead
+    ran_in.clear()
+    by_rows = [model.forward(**batch), fast.bert(**batch, params=model.params, config=model.config,
+                                                 output_hidden_states=True)[1],
+               fast.bert(**batch, params=model.params, config=model.config, cls_only=True)[0]]
+    assert ran_in == {threading.current_thread()}
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    for a, b in zip(by_sequence, by_rows):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= tol
+    assert len(by_sequence[1]) == model.config.num_hidden_layers + 1
+
+
 def test_forward_keyword_selects_the_path(tiny):
     assert bge_ref.load(tiny[0]).forward_path == "fast"
     assert bge_ref.load(tiny[0], forward="reference").forward_path == "reference"

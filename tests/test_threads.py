@@ -132,3 +132,25 @@ def test_run_inside_a_part_runs_in_that_thread(monkeypatch):
     for i, name in names:
         by_part.setdefault(i, set()).add(name)
     assert all(len(v) == 1 for v in by_part.values())     # each outer part's inner parts on one thread
+
+
+def test_split_inside_a_part_is_one_part(monkeypatch):
+    """A split block inside a part of another (fast.encoder's cores each running whole layers) keeps
+    the outer limit and runs in its thread: it must not wait for the lock the outer split holds."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    seen = []
+
+    def part(i):
+        with threads.split() as inner:
+            seen.append((inner, tuple(numpy_blas_threads())))
+
+    worker = threading.Thread(target=lambda: _outer_split(part))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "deadlock"
+    assert len(seen) == 2 and all(inner == 1 and all(n == 1 for n in blas) for inner, blas in seen)
+
+
+def _outer_split(part):
+    with threads.split() as parts:
+        threads.run(part, [(0,), (1,)], parts > 1)
