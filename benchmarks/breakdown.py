@@ -4,13 +4,17 @@ BLAS time of its own projections (the target: the forward at most 1.2x that).
     python benchmarks/breakdown.py                 # print the tables
     python benchmarks/breakdown.py --write-readme  # and replace the profile region of docs/reports/performance.md with them
 
-Each block function of bge_ref.fast (the default forward) is timed, inclusive, over all layers. The
-blocks after attention run on every core at once, each core on its own rows, so their thread-seconds
-are divided by the number of threads: a block's seconds are its share of the wall clock. Each
+Each block function of bge_ref.fast (the default forward) is timed, inclusive, over all layers. Every
+block after the embeddings runs on every core at once, each core on its own sequences, so their
+thread-seconds are divided by the number of threads: a block's seconds are its share of the wall clock. Each
 projection is also timed alone, as a bare NumPy matmul at the same shape on all threads; what a
 block takes beyond that is its non-matmul work (bias, residual, GELU, LayerNorm, and the attention
 core, which has no projection). transformers' forward and its Linear layers alone are timed the same
 way, for comparison. Every timing is the best of --repeat, the candidates interleaved.
+
+Last, how the forward's two kinds of work scale over two cores (`scaling`): a GELU and a matmul of one
+core's share, on one thread, on two threads, and in two processes, which share no GIL; and the whole
+forward on one thread (BGE_REF_THREADS=1) against two.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from bench import THREADS, models  # benchmarks/bench.py, beside this file
 
 # (function of bge_ref.fast, what it is, the projection it contains, whether it runs on the pool)
 BLOCKS = [("embeddings", "embeddings (gather + LayerNorm)", None, False),
-          ("self_attention", "self_attention (QKV projection + attention core)", "qkv", False),
+          ("self_attention", "self_attention (QKV projection + attention core)", "qkv", True),
           ("attention", "  of which attention core (scores, mask, softmax, @ V)", None, True),
           ("attention_output", "attention_output (projection + residual + LayerNorm)", "attn_out", True),
           ("intermediate", "intermediate (projection + GELU)", "inter", True),
