@@ -268,12 +268,14 @@ def sequence_parts(runs, parts):
     [(rows, runs of the group's own rows)]; [] if the largest group would exceed SEQUENCE_BALANCE
     times an even share (a few sequences of unequal lengths: each layer's rows are split instead)."""
     lengths = [S for _, B, S in runs for _ in range(B)]
+    if not lengths:
+        return []
     ends = np.cumsum(lengths)                                # the row after each sequence
-    N = int(ends[-1]) if lengths else 0
+    N = int(ends[-1])
     cuts = sorted({int(np.abs(ends - N * k / parts).argmin()) + 1 for k in range(1, parts)})  # sequences before each cut
     bounds = [0, *(c for c in cuts if 0 < c < len(lengths)), len(lengths)]
     rows = [0, *(int(ends[b - 1]) for b in bounds[1:])]
-    if len(bounds) < 2 or max(np.diff(rows)) > SEQUENCE_BALANCE * N / parts:
+    if max(np.diff(rows)) > SEQUENCE_BALANCE * N / parts:
         return []
     out = []
     for (a, b), (r0, r1) in zip(zip(bounds, bounds[1:]), zip(rows, rows[1:])):

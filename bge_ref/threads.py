@@ -105,9 +105,9 @@ def split():
     threadpoolctl) or there is one thread; then BLAS threads each matmul itself and the parts must
     run one after the other in the calling thread (`run(..., parallel=False)`).
     """
-    if in_part():                                        # inside a part of an outer split: BLAS is limited
-        yield 1                                          # already, and the lock is held by the thread
-        return                                           # that waits for this part
+    if in_part():                                        # a part of run(): its own parts run here, BLAS as
+        yield 1                                          # the outer block set it (fast.encoder's split), and
+        return                                           # the lock may be held by the thread waiting for it
     limit = blas_single_threaded() if THREADS > 1 else None
     with blas_limit_lock, limit or nullcontext():
         yield THREADS if limit is not None else 1

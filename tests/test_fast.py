@@ -95,6 +95,7 @@ def test_sequence_parts_are_whole_sequences_balanced_by_tokens():
     assert fast.sequence_parts([(0, 3, 128)], 2) == []    # 256 + 128 tokens: 1.33x an even share
     assert fast.sequence_parts([(0, 1, 512)], 2) == []    # one sequence: each layer's rows are split instead
     assert fast.sequence_parts([(0, 5, 10)], 1) == [(slice(0, 50), [(0, 5, 10)])]
+    assert fast.sequence_parts([], 2) == []
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -111,7 +112,7 @@ def test_sequence_split_and_row_split_agree(minilm_path, dtype, monkeypatch):
     by_sequence = [model.forward(**batch), fast.bert(**batch, params=model.params, config=model.config,
                                                       output_hidden_states=True)[1],
                    fast.bert(**batch, params=model.params, config=model.config, cls_only=True)[0]]
-    assert len(ran_in) == 2                               # the caller and a pool thread, each on its sequences
+    assert threading.current_thread() in ran_in and len(ran_in) >= 2  # the caller and the pool, each on its sequences
     monkeypatch.setattr(fast, "SEQUENCE_BALANCE", 0.0)   # never: each layer's rows split instead
     ran_in.clear()
     by_rows = [model.forward(**batch), fast.bert(**batch, params=model.params, config=model.config,
