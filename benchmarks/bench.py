@@ -199,10 +199,11 @@ RUN_8x128 = {
 RUN_8x128["bge_ref float16"] = RUN_8x128["bge_ref"]
 
 
-def child(code: str) -> tuple[float, str]:
-    """Run code in a fresh interpreter on THREADS threads: (wall time from launch to exit, stdout)."""
+def child(code: str, **env: str) -> tuple[float, str]:
+    """Run code in a fresh interpreter on THREADS threads, with `env` added to its environment: (wall
+    time from launch to exit, stdout)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **env)
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t

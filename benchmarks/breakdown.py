@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -34,7 +31,7 @@ from bge_ref import gemm, threads
 from bge_ref.erf import gelu_fast
 from bge_ref.testing.readme import machine, write_region
 import numpy as np
-from bench import THREADS, models  # benchmarks/bench.py, beside this file
+from bench import THREADS, child, models  # benchmarks/bench.py, beside this file
 
 # (function of bge_ref.fast, what it is, the projection it contains, whether it runs on the pool)
 BLOCKS = [("embeddings", "embeddings (gather + LayerNorm)", None, False),
@@ -211,20 +208,19 @@ def one_thread_forward(path, B=8, S=128, repeat=3) -> float:
             f"ids = r.integers(1000, 30000, ({B}, {S})); ids[:, 0] = 101; f = lambda: m.forward(ids, np.ones_like(ids)); f(); "
             f"ts = [];\nfor _ in range({repeat}):\n    t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)\n"
             "print(min(ts))")
-    env = dict(os.environ, BGE_REF_THREADS="1")
-    return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    return float(child(code, BGE_REF_THREADS="1")[1])
 
 
-def scaling_text(big_path, big_plain) -> str:
+def scaling_text(big_path, big_plain, reps=20, repeat=3) -> str:
     """The markdown of the thread-scaling section."""
-    s = scaling()
+    s = scaling(reps, repeat)
     one = one_thread_forward(big_path)
     rows = [f"| {kind} | {a:.3f} | {b:.3f} ({a / b:.2f}x) | {c:.3f} ({a / c:.2f}x) |" for kind, (a, b, c) in s.items()]
     g, mm = s["GELU"], s["matmul"]
     return "\n".join([
-        "**Two cores, one GIL.** Each core's share of one bge-large 8 x 128 FFN, 20 times: a 512 x 4096 float32 GELU "
-        "(`erf.gelu_fast`) and the 512 x 1024 @ 1024 x 4096 matmul on one BLAS thread. Seconds, best of 3, and the "
-        "speed-up over one thread doing both shares:",
+        f"**Two cores, one GIL.** Each core's share of one bge-large 8 x 128 FFN, {reps} times: a 512 x 4096 float32 "
+        f"GELU (`erf.gelu_fast`) and the 512 x 1024 @ 1024 x 4096 matmul on one BLAS thread. Seconds, best of {repeat}, "
+        "and the speed-up over one thread doing both shares:",
         "",
         "| work | one thread, both shares | two threads, one share each | two processes, one share each |",
         "| --- | ---: | ---: | ---: |",

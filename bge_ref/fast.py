@@ -277,17 +277,8 @@ def sequence_parts(runs, parts):
     rows = [0, *(int(ends[b - 1]) for b in bounds[1:])]
     if max(np.diff(rows)) > SEQUENCE_BALANCE * N / parts:
         return []
-    out = []
-    for (a, b), (r0, r1) in zip(zip(bounds, bounds[1:]), zip(rows, rows[1:])):
-        group, start = [], 0
-        for S in lengths[a:b]:
-            if group and group[-1][2] == S:
-                group[-1] = (group[-1][0], group[-1][1] + 1, S)
-            else:
-                group.append((start, 1, S))
-            start += S
-        out.append((slice(r0, r1), group))
-    return out
+    return [(slice(r0, r1), runs_of(lengths[a:b]))
+            for (a, b), (r0, r1) in zip(zip(bounds, bounds[1:]), zip(rows, rows[1:]))]
 
 
 def _same_dtype(layers, x):
@@ -326,13 +317,18 @@ def packed(attention_mask):
     mask = np.asarray(attention_mask).astype(bool)           # (B, S)
     if mask.all():
         return None, [(0, *mask.shape)]
+    return np.flatnonzero(mask.ravel()), runs_of(mask.sum(axis=1).tolist())
+
+
+def runs_of(lengths):
+    """The (first row, sequences, length) runs of equal-length sequences, packed end to end."""
     runs, start = [], 0
-    for S, group in itertools.groupby(mask.sum(axis=1).tolist()):
+    for S, group in itertools.groupby(lengths):
         b = len(list(group))
         if S:                                                # an all-padding row has no tokens to compute
             runs.append((start, b, S))
         start += b * S
-    return np.flatnonzero(mask.ravel()), runs
+    return runs
 
 
 def unpacked(rows, real, shape):
