@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from bge_ref.erf import GELU_FAST_ULPS, erf, erfc, gelu, gelu_fast
+from bge_ref import erf as erf_module
+from bge_ref.erf import GELU_FAST_ULPS, erf, erfc, gelu, gelu_fast, j_fraction
 
 
 def _grid():
@@ -111,3 +112,25 @@ def test_gelu_fast_within_its_ulps_of_x_on_a_dense_float32_sample():
     np.testing.assert_array_equal(gelu_fast(x64), gelu(x64))
     buf = x[:1000].copy()
     assert gelu_fast(buf, out=buf) is buf and np.array_equal(buf, got[:1000])  # in place
+
+
+@pytest.mark.quick  # needs no torch
+def test_j_fraction_is_the_rational_it_replaces():
+    """gelu_fast evaluates its fitted P/Q as a continued fraction: the same function in float64 (to
+    rounding) on [0, cap], with every level's denominator away from zero there (no pole); and the
+    conversion is general: a random 2/2 rational too."""
+    a = np.linspace(0, float(erf_module._GELU_X_CAP), 160_001)
+    P, Q = erf_module._GELU_X_P, erf_module._GELU_X_Q
+    c = j_fraction(P, Q)
+    assert len(c) == 7
+    inner = a + c[6]
+    middle = a + c[4] + c[5] / inner
+    outer = a + c[2] + c[3] / middle
+    assert min(inner.min(), middle.min(), outer.min()) > 0.05
+    rational = np.polyval(np.float64(P), a) / np.polyval(np.float64(Q), a)
+    np.testing.assert_allclose(c[0] + c[1] / outer, rational, rtol=1e-13, atol=0)
+    p2, q2 = [2.0, 1.0, 0.5], [1.0, 3.0, 2.0]            # roots of Q at -1 and -2: none on [0, cap]
+    c2 = j_fraction(p2, q2)
+    assert len(c2) == 5
+    np.testing.assert_allclose(c2[0] + c2[1] / (a + c2[2] + c2[3] / (a + c2[4])),
+                               np.polyval(p2, a) / np.polyval(q2, a), rtol=1e-12)
