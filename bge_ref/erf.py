@@ -212,18 +212,16 @@ _GELU_X_CF = tuple(np.float32(c) for c in j_fraction(_GELU_X_P, _GELU_X_Q))
 def _gelu_fast_float32(x, out):
     """gelu_fast of a C-contiguous float32 array into `out` (may be x): in float32, with R(a) as the
     J-fraction _GELU_X_CF, evaluated from the innermost level out."""
-    c0, c1, c2, c3, c4, c5, c6 = _GELU_X_CF
+    c = _GELU_X_CF
 
     def rational(a, r, _):
-        np.add(a, c6, out=r)
-        np.divide(c5, r, out=r)
-        r += a
-        r += c4
-        np.divide(c3, r, out=r)
-        r += a
-        r += c2
-        np.divide(c1, r, out=r)
-        r += c0
+        np.add(a, c[-1], out=r)                           # the innermost level: a + c(2n)
+        for k in range(len(c) - 2, 1, -2):                # each level out: a + c(k-1) + c(k) / r
+            np.divide(c[k], r, out=r)
+            r += a
+            r += c[k - 1]
+        np.divide(c[1], r, out=r)
+        r += c[0]                                         # c0 + c1 / r
     return _gelu_blocks(x, out, np.float32, _GELU_X_CAP, rational)
 
 
