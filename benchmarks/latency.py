@@ -79,7 +79,7 @@ def best(fns: dict, repeat: int) -> dict:
     return {k: min(v) for k, v in times.items()}
 
 
-def bare_projections(model, N, chunked=False):
+def projections(model, N, chunked=False):
     """x @ w over every projection of the forward at N token rows (N: an int, or a list of them, one
     forward each), NumPy's BLAS on its own threads; with chunked, summed as the forward sums them
     (gemm.matmul: K in chunks, the accuracy bound's price)."""
@@ -100,7 +100,7 @@ def bare_projections(model, N, chunked=False):
 
 def floors(model, N) -> dict:
     """best()'s functions for the projections alone at N token rows: bare and chunked."""
-    return {"bare": bare_projections(model, N), "chunked": bare_projections(model, N, chunked=True)}
+    return {"bare": projections(model, N), "chunked": projections(model, N, chunked=True)}
 
 
 def batch_rows(model, batch, batch_size=32) -> list[int]:
