@@ -254,8 +254,8 @@ def ceiling(rows) -> list[str]:
            "no time. The goal leaves the goal's time (the peer's over the goal ratio) less the chunked "
            "projections for everything else; compare it with what everything else takes now (bge_ref's time "
            "less them). Where it leaves less than it takes, the goal needs that part made faster by the "
-           "factor in the last column; where the bare BLAS is itself slower than the peer, no NumPy forward "
-           "can meet it.", "",
+           "factor in the last column; 'impossible' where the chunked projections alone take longer than the "
+           "goal allows.", "",
            "| model | workload | goal | bare BLAS ms | speed if only bare BLAS | chunked projections ms | "
            "speed if only them | the goal leaves ms | everything else now ms | needed speed-up of it |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
