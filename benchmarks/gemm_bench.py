@@ -3,6 +3,7 @@
     python benchmarks/gemm_bench.py                      # this machine's OpenBLAS kernel
     python benchmarks/gemm_bench.py --haswell            # and again under OPENBLAS_CORETYPE=Haswell
     python benchmarks/gemm_bench.py --chunk 96 --group 8 # another chunking (gemm.CHUNK, gemm.GROUP)
+    python benchmarks/gemm_bench.py --by-rows            # chunk length by token rows (gemm.SHORT_CHUNK_ROWS)
 
 Per shape (N = 1024 tokens): the rms and max error against the float64 product, as ratios to
 torch.matmul's (2 threads); and the cost as a ratio to plain `x @ w`, measured two ways, each
@@ -71,6 +72,42 @@ def table(repeat: int) -> str:
     return "\n".join(head + rows(repeat))
 
 
+def by_rows(repeat: int, counts=(16, 64, 128, 192, 256, 384, 512)) -> str:
+    """One layer's four projections at each row count, summed in chunks of gemm.SHORT_CHUNK and of
+    gemm.CHUNK: ms per layer, and the ratio (below 1: the short chunks are faster). Each layer's
+    weights are distinct matrices, as in a forward, enough of them to outgrow the L3 cache for
+    bge-large (4 layers, 192 MB), the whole model for MiniLM (6 layers); BLAS on its own threads
+    (the few-rows layout, fast.FEW_ROWS) and on one (each core's rows in the rows split)."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    lines = [f"Chunk length by token rows: ms per layer (4 projections), summed in chunks of {gemm.SHORT_CHUNK} "
+             f"and of {gemm.CHUNK}, best of {repeat}, interleaved; gemm.SHORT_CHUNK_ROWS = {gemm.SHORT_CHUNK_ROWS}.", "",
+             "| model | BLAS threads | rows | " + " | ".join(f"chunk {c} ms" for c in (gemm.SHORT_CHUNK, gemm.CHUNK))
+             + f" | {gemm.SHORT_CHUNK} / {gemm.CHUNK} |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model, layers in (("bge-large", 4), ("MiniLM", 6)):
+        shapes = [(K, M) for name, K, M, _ in PROJECTIONS if name.startswith(model)]
+        ws = [rng.standard_normal((K, M), np.float32) * 0.03 for _ in range(layers) for K, M in shapes]
+        for threads in (None, 1):
+            for n in counts:
+                xs = {K: rng.standard_normal((n, K), np.float32) for K, _ in shapes}
+                ys = [np.empty((n, w.shape[1]), np.float32) for w in ws]
+
+                def run(chunk):
+                    def go():
+                        for w, y in zip(ws, ys):
+                            y[...] = 0.0
+                            gemm.chunked(xs[w.shape[0]], w, y, gemm._blas_product(gemm.blas(), xs[w.shape[0]], w),
+                                         accumulate=True, chunk=chunk)
+                    return go
+                with threadpool_limits(threads, user_api="blas"):
+                    t = {c: min(v) / layers for c, v in timings({c: run(c) for c in (gemm.SHORT_CHUNK, gemm.CHUNK)},
+                                                                  repeat, time.perf_counter).items()}
+                short, long = t[gemm.SHORT_CHUNK], t[gemm.CHUNK]
+                lines.append(f"| {model} | {threads or 'all'} | {n} | {short * 1e3:.2f} | {long * 1e3:.2f} | {short / long:.2f} |")
+                print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=9)
@@ -78,11 +115,12 @@ def main(argv=None) -> int:
     p.add_argument("--group", type=int, default=gemm.GROUP)
     p.add_argument("--numpy-only", action="store_true", help="time the NumPy-only fallback instead of the ctypes path")
     p.add_argument("--haswell", action="store_true", help="then rerun under OPENBLAS_CORETYPE=Haswell")
+    p.add_argument("--by-rows", action="store_true", help="time the chunk lengths by token rows instead")
     args = p.parse_args(argv)
     gemm.CHUNK, gemm.GROUP = args.chunk, args.group
     if args.numpy_only:
         gemm._blas = None
-    print(table(args.repeat), flush=True)
+    print(by_rows(args.repeat) if args.by_rows else table(args.repeat), flush=True)
     if args.haswell:
         rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--haswell"]
         print()

@@ -20,7 +20,7 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
   smaller BLAS calls, 2-3x slower), its bias added in place; its input dimension is summed in chunks
-  of 128, 64 for a query (gemm.py), which keeps the float32 error under transformers' own on any OpenBLAS kernel;
+  of 128, 64 for a few rows (gemm.chunk_length), which keeps the float32 error under transformers' own on any OpenBLAS kernel;
 - LayerNorm normalizes float32 in float64 and rounds once (`layer_norm`): the rest of that error;
 - float16-stored weights are widened to float32 once per layer, just before its matmuls
   (`as_compute`), so only one layer's float32 copies exist at a time;

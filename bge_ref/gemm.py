@@ -16,9 +16,14 @@ separate partial sums, added at the end (one extra pass over the output per GROU
 
 Measured (benchmarks/gemm_bench.py; N = 1024, bge-large's and MiniLM's projections, both OpenBLAS
 kernels): rms error 0.81-0.85x torch's, max error 0.65-0.84x; 1.02-1.18x the CPU time of `x @ w`.
-Below QUERY_ROWS rows (a query or a few) the chunks are QUERY_CHUNK long: there torch's kernel
+Below SHORT_CHUNK_ROWS rows (a query or a few) the chunks are SHORT_CHUNK long: there torch's kernel
 sums more accurately than at many rows, and with 128 one query's worst stage reached 1.19x
-transformers' max error (bge-large size), with 64 0.95x.
+transformers' max error (bge-large size), with 64 0.95x. Weight matrices of LARGE_W elements or more
+(bge-large's, 4 MB and up, which stream from memory) take the short chunks up to LARGE_W_ROWS rows,
+for speed: there OpenBLAS runs 64-long chunks faster than 128-long ones, and than one whole call
+(`benchmarks/gemm_bench.py --by-rows`, Intel Xeon, SkylakeX kernel, ms per layer at 64 / 128: 0.77 at
+64 rows, 0.88 at 128, 0.95 at 192 on the BLAS's threads; 0.71, 0.84, 0.94 on one; 1.02 at 256). MiniLM's
+small matrices (in cache) on the BLAS's threads run 1.09-1.14x slower in 64s from 64 rows, so they keep 128.
 
 Threads: none of its own. Each chunk's call is threaded by the BLAS, which splits the output between
 its threads, so with a few rows each core reads its own part of w: the product is bound by reading
@@ -43,8 +48,10 @@ import numpy as np
 
 CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
-QUERY_ROWS = 80  # fewer rows than this are summed in chunks of QUERY_CHUNK
-QUERY_CHUNK = 64
+SHORT_CHUNK_ROWS = 80  # fewer rows than this are summed in chunks of SHORT_CHUNK
+SHORT_CHUNK = 64
+LARGE_W = 1 << 20      # weight matrices this large (elements) take SHORT_CHUNK below LARGE_W_ROWS rows
+LARGE_W_ROWS = 256
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
@@ -55,7 +62,7 @@ SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_openblas_get_config64_"), ("scipy_cbl
 
 def matmul(x, w, out=None, accumulate=False):
     """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK
-    (QUERY_CHUNK below QUERY_ROWS rows);
+    (SHORT_CHUNK for a few rows: `chunk_length`);
     with accumulate=True, out += x @ w (out then holds, say, a bias: BLAS adds the products to it as
     it stores them, as torch's addmm does, so no pass of its own is needed for it).
 
@@ -79,11 +86,19 @@ def matmul(x, w, out=None, accumulate=False):
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
     product = _blas_product(sgemm, x, w) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product(x, w)
-    chunked(x, w, y, product, accumulate, QUERY_CHUNK if N < QUERY_ROWS else CHUNK)
+    chunked(x, w, y, product, accumulate, chunk_length(N, w.size))
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
     return out
+
+
+def chunk_length(rows, weights):
+    """Products per BLAS call for `rows` rows of x against a weight matrix of `weights` elements:
+    SHORT_CHUNK below SHORT_CHUNK_ROWS rows, or below LARGE_W_ROWS for LARGE_W elements or more."""
+    if rows < SHORT_CHUNK_ROWS or (rows < LARGE_W_ROWS and weights >= LARGE_W):
+        return SHORT_CHUNK
+    return CHUNK
 
 
 def chunked(x, w, y, product, accumulate=False, chunk=CHUNK):

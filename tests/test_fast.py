@@ -256,11 +256,11 @@ def test_float32_error_within_torch_on_minilm(minilm_path, minilm_oracle):
 @pytest.mark.parametrize("texts", [["what is the boiling point of water"], TEXTS[:3]])
 def test_float32_error_within_torch_for_a_few_rows(minilm_path, texts):
     """One query, or a few texts: the forward's few-rows layout (gemm.py's shorter chunks below
-    QUERY_ROWS rows) within 1.2x transformers' float32 error too, at every stage."""
+    SHORT_CHUNK_ROWS rows) within 1.2x transformers' float32 error too, at every stage."""
     from bge_ref.testing.oracle import four_runs, oracle_study
     from bge_ref.verify import compare_stages, run_ours
     batch = bge_ref.load(minilm_path).tokenize(texts)
-    assert batch["attention_mask"].sum() < gemm.QUERY_ROWS
+    assert batch["attention_mask"].sum() < gemm.SHORT_CHUNK_ROWS
     runs = four_runs(minilm_path, batch)
     ours = compare_stages(runs["ours", "float64"], run_ours(bge_ref.load(minilm_path), batch), title="bge_ref float32")
     over = beyond_torch(ours, oracle_study(runs)["torch32"])

@@ -200,15 +200,30 @@ class RecordingSgemm:
         return self.sgemm(*args)
 
 
-@pytest.mark.parametrize("N, chunk", [(1, gemm.QUERY_CHUNK), (gemm.QUERY_ROWS - 1, gemm.QUERY_CHUNK),
-                                      (gemm.QUERY_ROWS, gemm.CHUNK), (300, gemm.CHUNK)])
+@pytest.mark.parametrize("N, chunk", [(1, gemm.SHORT_CHUNK), (gemm.SHORT_CHUNK_ROWS - 1, gemm.SHORT_CHUNK),
+                                      (gemm.SHORT_CHUNK_ROWS, gemm.CHUNK), (300, gemm.CHUNK)])
 def test_chunks_shorter_below_query_rows(N, chunk, monkeypatch):
-    """Every call sums at most `chunk` products, every chunk once: QUERY_CHUNK below QUERY_ROWS rows."""
+    """Every call sums at most `chunk` products, every chunk once: SHORT_CHUNK below SHORT_CHUNK_ROWS rows."""
     rec = RecordingSgemm(gemm.blas())
     monkeypatch.setattr(gemm, "_blas", rec)
     x, w = projection_inputs(N, 1000, 70, "ln")
     close_to_matmul(gemm.matmul(x, w), x, w)
     assert sum(rec.ks) == 1000 and max(rec.ks) == chunk and len(rec.ks) == -(-1000 // chunk)
+
+
+@pytest.mark.parametrize("N, chunk", [(gemm.SHORT_CHUNK_ROWS, gemm.SHORT_CHUNK), (gemm.LARGE_W_ROWS - 1, gemm.SHORT_CHUNK),
+                                      (gemm.LARGE_W_ROWS, gemm.CHUNK)])
+def test_large_weights_take_short_chunks_up_to_more_rows(N, chunk, monkeypatch):
+    """A weight matrix of LARGE_W elements (bge-large's attention output, 1024 x 1024) is summed in
+    SHORT_CHUNK below LARGE_W_ROWS rows; one element fewer keeps CHUNK from SHORT_CHUNK_ROWS."""
+    rec = RecordingSgemm(gemm.blas())
+    monkeypatch.setattr(gemm, "_blas", rec)
+    x, w = projection_inputs(N, 1024, gemm.LARGE_W // 1024, "ln")
+    close_to_matmul(gemm.matmul(x, w), x, w)
+    assert sum(rec.ks) == 1024 and max(rec.ks) == chunk
+    rec.ks.clear()
+    gemm.matmul(x[:, :1023], w[:1023])                        # LARGE_W - 1024 elements: below the bound
+    assert max(rec.ks) == gemm.CHUNK
 
 
 def test_blas_threads_or_one_thread_same_product():
@@ -310,17 +325,17 @@ def test_error_no_larger_than_torch():
 
 
 def test_few_rows_error_no_larger_than_the_chunked_loop():
-    """12 rows: the shorter chunks (QUERY_CHUNK) keep the error at most that of CHUNK's (the
+    """12 rows: the shorter chunks (SHORT_CHUNK) keep the error at most that of CHUNK's (the
     NumPy-only loop here; torch's own kernel for a few rows sums more accurately still:
     tests/test_fast.py holds the whole one-query forward within 1.2x transformers' error)."""
-    assert gemm.blas() is not None and 12 < gemm.QUERY_ROWS
+    assert gemm.blas() is not None and 12 < gemm.SHORT_CHUNK_ROWS
     ratios = accuracy_ratios(rows=12)
     worse = {}
     for name, (rms, most) in ratios["blas"].items():
         loop_rms, loop_most = ratios["numpy"][name]
         if rms > loop_rms or most > loop_most:
             worse[name] = ((rms, most), (loop_rms, loop_most))
-    assert not worse, f"{blas_kernel()} kernel: QUERY_CHUNK's (rms, max) ratios to torch above CHUNK's at {worse}"
+    assert not worse, f"{blas_kernel()} kernel: SHORT_CHUNK's (rms, max) ratios to torch above CHUNK's at {worse}"
 
 
 def test_error_no_larger_than_torch_under_the_haswell_kernel():
