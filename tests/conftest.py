@@ -160,12 +160,17 @@ def reference_vs_fast(directory, batch, dtype, fast_run=None) -> Report:
     return compare_stages(ref_run, fast_run, TOLERANCES[dtype], title=f"fast vs reference, {dtype}")
 
 
+BGE_LARGE_PASSAGE = ("Dense retrieval encodes each passage once, stores the vector, and compares it with every "
+                     "query by a dot product. ") * 6  # 140 tokens
+
+
 @pytest.fixture(scope="session")
 def bge_large(tmp_path_factory):
     """Full bge-large-en-v1.5 size, built once per session for test_bge_large.py and test_fast.py:
     parity and oracle reports of both dtypes on a padded batch holding one 512-token text, and the
-    reference forward against the fast one ("paths", dtype). The 1.34 GB checkpoint and the 2.7 GB
-    float64 copies are freed before the tests run on the stored reports."""
+    reference forward against the fast one ("paths", dtype); and the float32 oracle study of one
+    ~140-token passage ("passage": the few-rows layout, gemm.py's short chunks on bge-large's weights).
+    The 1.34 GB checkpoint and the 2.7 GB float64 copies are freed before the tests run on the stored reports."""
     from bge_ref.testing.checkpoints import make_bge_large_random
     from bge_ref.testing.oracle import four_runs, oracle_study
     directory = tmp_path_factory.mktemp("bge_large")
@@ -182,5 +187,8 @@ def bge_large(tmp_path_factory):
         gc.collect()
     del runs
     gc.collect()
+    passage = bge_ref.load(directory).tokenize([BGE_LARGE_PASSAGE])
+    reports["passage"] = oracle_study(four_runs(directory, passage))
+    gc.collect()
     shutil.rmtree(directory)
-    return {"config": config, "ln": ln, "batch": batch, "reports": reports}
+    return {"config": config, "ln": ln, "batch": batch, "passage": passage, "reports": reports}

@@ -44,3 +44,17 @@ def test_float32_error_no_larger_than_torch(bge_large):
     every stage (tests/conftest.py, ACCURACY_FACTOR; on MiniLM, and its teeth: tests/test_fast.py)."""
     over = beyond_torch(bge_large["reports"]["ours32"], bge_large["reports"]["torch32"])
     assert not over, over
+
+
+def test_float32_error_no_larger_than_torch_for_one_passage(bge_large):
+    """One passage of 140 tokens: fewer rows than the few-rows layout's bound (fast.FEW_ROWS), so
+    the BLAS threads each projection, summed in gemm.SHORT_CHUNK-long chunks on bge-large's large
+    weight matrices (gemm.chunk_length): within 1.2x transformers' error too, max and rms, every stage."""
+    from bge_ref import fast, gemm
+    rows = int(bge_large["passage"]["attention_mask"].sum())
+    assert gemm.SHORT_CHUNK_ROWS <= rows < min(gemm.LARGE_W_ROWS, fast.FEW_ROWS)
+    assert gemm.chunk_length(rows, 1024 * 1024) == gemm.SHORT_CHUNK
+    reports = bge_large["reports"]["passage"]
+    assert reports["float32"].ok, reports["float32"].table()
+    over = beyond_torch(reports["ours32"], reports["torch32"])
+    assert not over, over
