@@ -13,8 +13,9 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   With several sequences, each core takes whole sequences and runs every layer on them (`encoder`):
   no core waits for another between layers either. Below FEW_ROWS token rows (a query, a few
   texts, a passage) the forward is bound by reading the weights, and that layout would have every
-  core stream every weight matrix: there each core takes a share of the heads and of the FFN's
-  intermediate columns instead, and reads only its share of each weight (`layer_by_heads`);
+  core stream every weight matrix: there each projection is left to gemm.py, whose BLAS calls split
+  the output between the BLAS's own threads (each core reads its own part of w), and the rest runs
+  in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -46,7 +47,7 @@ from .erf import gelu_fast
 from .errors import InputError
 
 __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_output", "intermediate", "output",
-           "layer", "layer_by_heads", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
+           "layer", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
 
 
 def linear(x, w, b, out=None):
@@ -195,69 +196,12 @@ def layer(x, runs, attn, attn_out, inter, out, n_head, eps):
             a = attention_output(ctx[t], x[t], **attn_out, eps=eps)  # (n, D)
             y[t] = output(intermediate(a, **inter), a, **out, eps=eps)  # (n, D)
 
-    if len(x) < FEW_ROWS:                                    # each core reads its own share of every weight
-        return layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps)
+    if len(x) < FEW_ROWS:                                    # gemm shares each weight matrix between the cores
+        rows(slice(0, len(x)))
+        return y
     with threads.split() as parts:
         threads.run(rows, _rows(len(x), parts), parts > 1)
     return y                                                 # (N, D)
-
-
-def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps):
-    """layer() for a few rows (below FEW_ROWS), the weights split between the cores instead of the
-    rows: each core takes a share of the heads (their Q, K and V columns, their attention, their rows
-    of the output projection) and of the FFN's intermediate columns (their GELU, their rows of the
-    output weight), and sums its part of each block's projection over its own share of K. So every
-    weight is read once, by one core, and the GELU and attention run on every core, with one meeting
-    per block (the partial sums added, the residual and LayerNorm) where gemm's BLAS threads meet after
-    every chunk. The partial sums split K where gemm's groups already do (at 512 of 1024 for the
-    attention output, the same sums; at 2048 of 4096 for the FFN, a different order of the same
-    group sums). Measured (scratch A/B, Intel Xeon, bge-large size, encode()): 1 query 0.93x the time
-    of gemm's threads, 4 queries 0.95x, one 128-token passage 0.98x."""
-    N, D = x.shape
-    Dh = D // n_head
-    qkv, o = widened(attn["qkv"], x), widened(attn_out["dense"], x)
-    w1, w2 = widened(inter["dense"], x), widened(out["dense"], x)
-    ctx = np.empty((N, D), x.dtype)                          # (N, D) heads side by side
-
-    def heads_part(hs):
-        c, nh = slice(hs.start * Dh, hs.stop * Dh), hs.stop - hs.start  # this part's columns of Q, K, V
-        proj = np.empty((N, 3, nh * Dh), x.dtype)            # (N, 3, h Dh)
-        for j in range(3):
-            cj = slice(j * D + c.start, j * D + c.stop)
-            linear(x, qkv["w"][:, cj], qkv["b"][cj], out=proj[:, j])
-        proj[:, 0] *= 1.0 / math.sqrt(Dh)                    # q scaled, as self_attention does
-        for start, B, S in runs:
-            r = slice(start, start + B * S)
-            q, k, v = proj[r].reshape(B, S, 3, nh, Dh).transpose(2, 0, 3, 1, 4)  # 3 x (B, h, S, Dh)
-            ctx[r, c].reshape(B, S, nh, Dh).transpose(0, 2, 1, 3)[...] = attention(q, k, v, None, scale=1.0)
-        return _partial(ctx[:, c], o, c, hs.start == 0)      # (N, D) its share of the output projection
-
-    def ffn_part(f, a):
-        h = intermediate(a, dict(w=w1["w"][:, f], b=w1["b"][f]))  # (N, f) its intermediate columns
-        return _partial(h, w2, f, f.start == 0)              # (N, D)
-
-    with threads.split() as parts:
-        a = _summed(threads.run(heads_part, [(hs,) for hs in threads.chunks(n_head, parts)], parts > 1))
-        a += x
-        layer_norm(a, **attn_out["ln"], eps=eps, out=a)      # (N, D) attention_output
-        y = _summed(threads.run(ffn_part, [(f, a) for f in threads.chunks(w1["w"].shape[1], parts)], parts > 1))
-    y += a
-    return layer_norm(y, **out["ln"], eps=eps, out=y)        # (N, D) output
-
-
-def _partial(h, dense, k, with_bias):
-    """h @ dense["w"][k] (N, D): one core's share of K of a projection, the bias in the first share."""
-    if with_bias:
-        return linear(h, dense["w"][k], dense["b"])
-    return gemm.matmul(h, dense["w"][k])
-
-
-def _summed(parts):
-    """The partial sums added, in order, into the first."""
-    total = parts[0]
-    for p in parts[1:]:
-        total += p
-    return total
 
 
 def cls_self_attention(x, runs, qkv, n_head):
@@ -434,11 +378,11 @@ def attention_blocks(runs, n_head, itemsize, parts):
     return blocks
 
 
-# Below this many token rows a forward splits the weights between the cores (layer_by_heads) instead
-# of giving each core its own token rows: with few rows every core would stream every weight matrix,
-# and the forward is bound by reading the weights. Measured (benchmarks/latency.py --layouts, Intel
-# Xeon, with gemm's BLAS threads sharing each weight, as before layer_by_heads), few-rows layout / rows
-# split: 0.57 at 8 rows, 0.79 at 64, 0.96 at 128 and 192, 1.03 at 256, 1.07 at 384.
+# Below this many token rows a forward leaves each projection to gemm.py (the BLAS's threads share
+# each weight matrix) instead of giving each core its own token rows: with few rows every core
+# would stream every weight matrix, and the forward is bound by reading the weights. Measured
+# (benchmarks/latency.py --layouts, Intel Xeon), few-rows layout / rows split: 0.57 at 8 rows, 0.79
+# at 64, 0.96 at 128 and 192, 1.03 at 256, 1.07 at 384.
 FEW_ROWS = 256
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
