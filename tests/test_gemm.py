@@ -215,7 +215,7 @@ def test_chunks_shorter_below_query_rows(N, chunk, monkeypatch):
                                       (gemm.LARGE_W_ROWS, gemm.CHUNK)])
 def test_large_weights_take_short_chunks_up_to_more_rows(N, chunk, monkeypatch):
     """A weight matrix of LARGE_W elements (bge-large's attention output, 1024 x 1024) is summed in
-    SHORT_CHUNK below LARGE_W_ROWS rows; one element fewer keeps CHUNK from SHORT_CHUNK_ROWS."""
+    SHORT_CHUNK below LARGE_W_ROWS rows; one row of w fewer (1024 elements) keeps CHUNK from SHORT_CHUNK_ROWS."""
     rec = RecordingSgemm(gemm.blas())
     monkeypatch.setattr(gemm, "_blas", rec)
     x, w = projection_inputs(N, 1024, gemm.LARGE_W // 1024, "ln")
