@@ -4,6 +4,7 @@
     python benchmarks/gemm_bench.py --haswell            # and again under OPENBLAS_CORETYPE=Haswell
     python benchmarks/gemm_bench.py --chunk 96 --group 8 # another chunking (gemm.CHUNK, gemm.GROUP)
     python benchmarks/gemm_bench.py --by-rows            # chunk length by token rows (gemm.SHORT_CHUNK_ROWS)
+    python benchmarks/gemm_bench.py --orientation        # w stored (K, M) against (M, K), by projection and rows
 
 Per shape (N = 1024 tokens): the rms and max error against the float64 product, as ratios to
 torch.matmul's (2 threads); and the cost as a ratio to plain `x @ w`, measured two ways, each
@@ -108,6 +109,46 @@ def by_rows(repeat: int, counts=(16, 64, 128, 192, 256, 384, 512)) -> str:
     return "\n".join(lines)
 
 
+def orientation(repeat: int, counts=((11, None), (44, None), (128, None), (512, 1))) -> str:
+    """Each bge-large projection, w stored as the forward stores it ((K, M) row-major, y = x @ w in
+    chunks of gemm.chunk_length) against stored as torch does ((M, K) row-major: y.T = w_t @ x.T in
+    chunks of gemm.CHUNK, the only length that is not slower from that layout, then y transposed back
+    by OpenBLAS's somatcopy). Median ms per projection and the median of the per-round ratios, rounds
+    interleaved; distinct weights per layer (8 layers, past the L3 cache); BLAS on its own threads
+    (the few-rows layout) or on one (each core's rows in the rows split)."""
+    from threadpoolctl import threadpool_limits
+    sgemm, rng, layers = gemm.blas(), np.random.default_rng(0), 8
+    lines = ["w stored (K, M), as the forward does, against (M, K): ms per projection (median), and the median "
+             f"ratio (M, K) / (K, M) over {repeat} interleaved rounds.", "",
+             "| projection | K x M | rows | BLAS threads | (K, M) ms | (M, K) ms | (M, K) / (K, M) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, K, M, _ in PROJECTIONS[:4]:
+        ws = [rng.standard_normal((K, M), np.float32) * 0.03 for _ in range(layers)]
+        wts = [np.ascontiguousarray(w.T) for w in ws]                           # (M, K)
+        for n, threads in counts:
+            x = rng.standard_normal((n, K), np.float32)
+            y, yt = np.empty((n, M), np.float32), np.empty((M, n), np.float32)
+
+            def stored_k_m():
+                for w in ws:
+                    gemm.chunked(x, w, y, gemm._blas_product(sgemm, x, w), chunk=gemm.chunk_length(n, w.size))
+
+            def stored_m_k():
+                for wt in wts:
+                    for k0 in range(0, K, gemm.CHUNK):                          # yt = wt @ x.T, chunk by chunk
+                        sgemm(gemm.ROW_MAJOR, gemm.NO_TRANS, gemm.TRANS, M, n, min(gemm.CHUNK, K - k0), 1.0,
+                              wt.ctypes.data + 4 * k0, K, x.ctypes.data + 4 * k0, K, 0.0 if k0 == 0 else 1.0,
+                              yt.ctypes.data, n)
+                    gemm.transpose_into(yt, y)
+            with threadpool_limits(threads, user_api="blas"):
+                t = timings({"km": stored_k_m, "mk": stored_m_k}, repeat, time.perf_counter)
+            a, b = np.array(t["km"]) / layers, np.array(t["mk"]) / layers
+            lines.append(f"| {name} | {K} x {M} | {n} | {threads or 'all'} | {np.median(a) * 1e3:.2f} "
+                         f"| {np.median(b) * 1e3:.2f} | {np.median(b / a):.2f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=9)
@@ -116,11 +157,13 @@ def main(argv=None) -> int:
     p.add_argument("--numpy-only", action="store_true", help="time the NumPy-only fallback instead of the ctypes path")
     p.add_argument("--haswell", action="store_true", help="then rerun under OPENBLAS_CORETYPE=Haswell")
     p.add_argument("--by-rows", action="store_true", help="time the chunk lengths by token rows instead")
+    p.add_argument("--orientation", action="store_true", help="time w stored (K, M) against (M, K) instead")
     args = p.parse_args(argv)
     gemm.CHUNK, gemm.GROUP = args.chunk, args.group
     if args.numpy_only:
         gemm._blas = None
-    print(by_rows(args.repeat) if args.by_rows else table(args.repeat), flush=True)
+    print(orientation(args.repeat) if args.orientation else by_rows(args.repeat) if args.by_rows else table(args.repeat),
+          flush=True)
     if args.haswell:
         rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--haswell"]
         print()
