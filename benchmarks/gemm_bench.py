@@ -96,9 +96,8 @@ def by_rows(repeat: int, counts=(16, 64, 128, 192, 256, 384, 512)) -> str:
                 def run(chunk):
                     def go():
                         for w, y in zip(ws, ys):
-                            y[...] = 0.0
                             gemm.chunked(xs[w.shape[0]], w, y, gemm._blas_product(gemm.blas(), xs[w.shape[0]], w),
-                                         accumulate=True, chunk=chunk)
+                                         chunk=chunk)
                     return go
                 with threadpool_limits(threads, user_api="blas"):
                     t = {c: min(v) / layers for c, v in timings({c: run(c) for c in (gemm.SHORT_CHUNK, gemm.CHUNK)},

@@ -21,16 +21,18 @@ sums more accurately than at many rows, and with 128 one query's worst stage rea
 transformers' max error (bge-large size), with 64 0.95x. Weight matrices of LARGE_W elements or more
 (bge-large's, 4 MB and up, which stream from memory) take the short chunks up to LARGE_W_ROWS rows,
 for speed: there OpenBLAS runs 64-long chunks faster than 128-long ones, and than one whole call
-(`benchmarks/gemm_bench.py --by-rows`, Intel Xeon, SkylakeX kernel, ms per layer at 64 / 128: 0.77 at
-64 rows, 0.88 at 128, 0.95 at 192 on the BLAS's threads; 0.71, 0.84, 0.94 on one; 1.02 at 256). MiniLM's
-small matrices (in cache) on the BLAS's threads run 1.09-1.14x slower in 64s from 64 rows, so they keep 128.
+(`benchmarks/gemm_bench.py --by-rows`, Intel Xeon, SkylakeX kernel, ms per layer at 64 / 128, two runs:
+0.70 at 64 rows, 0.84-0.85 at 128, 0.90-0.91 at 192, 0.94 at 256 on one thread, as each core's rows run;
+on the BLAS's threads 0.77-0.86 at 64 rows, 0.91-1.00 at 128 and 192, 1.00-1.04 at 256, hence the bound).
+MiniLM's small matrices (in cache) on the BLAS's threads run 1.11-1.23x slower in 64s from 64 rows (one
+run), so they keep 128.
 
 Threads: none of its own. Each chunk's call is threaded by the BLAS, which splits the output between
-its threads, so with a few rows each core reads its own part of w: the product is bound by reading
-the weights (one query: 1.2 GB of them, and 9 GFLOP). OpenBLAS's threads meet at a barrier after
-every call, which costs next to nothing while they busy-wait between calls (bge_ref sets
-OPENBLAS_THREAD_TIMEOUT, bge_ref/__init__.py). Inside fast.py's row split (threads.split) the BLAS
-is single-threaded, one call per core.
+its threads, so with a few rows each core reads its own part of w (one query: 1.2 GB of them, and
+9 GFLOP), not all of it. OpenBLAS's threads meet at a barrier after every call, which costs next to
+nothing while they busy-wait between calls (bge_ref sets OPENBLAS_THREAD_TIMEOUT,
+bge_ref/__init__.py). Inside fast.py's row split (threads.split) the BLAS is single-threaded, one
+call per core.
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
