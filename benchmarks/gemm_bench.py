@@ -108,6 +108,22 @@ def by_rows(repeat: int, counts=(16, 64, 128, 192, 256, 384, 512)) -> str:
     return "\n".join(lines)
 
 
+def transposed_product(sgemm, x, w_t):
+    """gemm.chunked()'s product for w stored as torch does, w_t (M, K) row-major: each chunk's
+    w_t @ x.T into acc, the transposed (M, N) output (the weights as BLAS's second operand)."""
+    (N, K), M = x.shape, w_t.shape[0]
+    xa, wa = x.ctypes.data, w_t.ctypes.data
+
+    def into(acc):
+        ca = acc.ctypes.data
+
+        def add(k0, k1, first):
+            sgemm(gemm.ROW_MAJOR, gemm.NO_TRANS, gemm.TRANS, M, N, k1 - k0, 1.0, wa + 4 * k0, K, xa + 4 * k0, K,
+                  0.0 if first else 1.0, ca, N)
+        return add
+    return into
+
+
 def orientation(repeat: int, counts=((11, None), (44, None), (128, None), (512, 1))) -> str:
     """Each bge-large projection, w stored as the forward stores it ((K, M) row-major, y = x @ w in
     chunks of gemm.chunk_length) against stored as torch does ((M, K) row-major: y.T = w_t @ x.T in
@@ -133,11 +149,8 @@ def orientation(repeat: int, counts=((11, None), (44, None), (128, None), (512, 
                     gemm.chunked(x, w, y, gemm._blas_product(sgemm, x, w), chunk=gemm.chunk_length(n, w.size))
 
             def stored_m_k():
-                for wt in wts:
-                    for k0 in range(0, K, gemm.CHUNK):                          # yt = wt @ x.T, chunk by chunk
-                        sgemm(gemm.ROW_MAJOR, gemm.NO_TRANS, gemm.TRANS, M, n, min(gemm.CHUNK, K - k0), 1.0,
-                              wt.ctypes.data + 4 * k0, K, x.ctypes.data + 4 * k0, K, 0.0 if k0 == 0 else 1.0,
-                              yt.ctypes.data, n)
+                for wt in wts:                                                  # yt = wt @ x.T, as gemm sums
+                    gemm.chunked(x, wt.T, yt, transposed_product(sgemm, x, wt), chunk=gemm.CHUNK)
                     gemm.transpose_into(yt, y)
             with threadpool_limits(threads, user_api="blas"):
                 t = timings({"km": stored_k_m, "mk": stored_m_k}, repeat, time.perf_counter)
