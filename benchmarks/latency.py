@@ -4,7 +4,8 @@
     python benchmarks/latency.py                                        # print the table
     python benchmarks/latency.py --write-docs docs/reports/latency.md  # the docs site's reports
     python benchmarks/latency.py --layouts                              # and the thread layout by rows
-    OPENBLAS_CORETYPE=Haswell python benchmarks/latency.py              # OpenBLAS's AVX2 kernel
+    OPENBLAS_CORETYPE=Haswell python benchmarks/latency.py \
+        --write-docs docs/reports/latency-haswell.md                    # OpenBLAS's AVX2 kernel
 
 Peers, on the same number of threads (--threads, default 2):
 - bge-large size (a seeded random 24 x 1024 checkpoint with bge-large-en-v1.5's exact config and
