@@ -267,8 +267,9 @@ def ceiling(rows) -> list[str]:
         out.append(f"| {r['model']} | {_what(r)} | {goal}x | {r['bare'] * 1e3:,.0f} | {r['peer'] / r['bare']:.2f}x | "
                    f"{r['chunked'] * 1e3:,.0f} | {r['peer'] / r['chunked']:.2f}x | {left * 1e3:,.0f} | "
                    f"{now * 1e3:,.0f} | {need} |")
-    out += ["", "The projections here run on the BLAS's own threads; in the forward, batches of 256 token rows "
-            "or more give each core its own sequences with BLAS single-threaded, which these times approximate. "
+    out += ["", "The projections here run on the BLAS's own threads; in the forward, bge-large's few rows give each "
+            "core its share of every weight, and 256 token rows or more each core its own sequences, both with "
+            "BLAS single-threaded, which these times approximate. "
             "The 8x128 forward's profile, block by block, is in the [performance report](performance.md) "
             "(`benchmarks/breakdown.py`)."]
     return out

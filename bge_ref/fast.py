@@ -13,9 +13,10 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   With several sequences, each core takes whole sequences and runs every layer on them (`encoder`):
   no core waits for another between layers either. Below FEW_ROWS token rows (a query, a few
   texts, a passage) the forward is bound by reading the weights, and that layout would have every
-  core stream every weight matrix: there each projection is left to gemm.py, whose BLAS calls split
-  the output between the BLAS's own threads (each core reads its own part of w), and the rest runs
-  in the calling thread;
+  core stream every weight matrix: there each core takes a share of the heads and of the FFN's
+  intermediate columns instead, and reads only its share of each weight (`layer_by_heads`); small
+  weights (MiniLM's) leave each projection to gemm.py, whose BLAS calls split the output between
+  the BLAS's own threads, and the rest runs in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -47,7 +48,7 @@ from .erf import gelu_fast
 from .errors import InputError
 
 __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_output", "intermediate", "output",
-           "layer", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
+           "layer", "layer_by_heads", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
 
 
 def linear(x, w, b, out=None):
@@ -185,6 +186,8 @@ def layer(x, runs, attn, attn_out, inter, out, n_head, eps):
     """BertLayer on packed rows (N, D): self-attention, then every row's attention output and
     feed-forward block on the core that owns the row, ROWS_BLOCK rows at a time. Nothing waits for
     another core between the matmuls: one core's GELU or LayerNorm runs while the other multiplies."""
+    if by_heads(x, inter):                                   # each core reads its own share of every weight
+        return layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps)
     ctx = self_attention(x, runs, **attn, n_head=n_head)     # (N, D)
     attn_out, out = (dict(p, dense=widened(p["dense"], x)) for p in (attn_out, out))  # once, not per block
     inter = dict(inter, dense=widened(inter["dense"], x))
@@ -202,6 +205,80 @@ def layer(x, runs, attn, attn_out, inter, out, n_head, eps):
     with threads.split() as parts:
         threads.run(rows, _rows(len(x), parts), parts > 1)
     return y                                                 # (N, D)
+
+
+def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=False):
+    """layer() for a few rows of large weights (`by_heads`), or cls_layer() with cls_only: the
+    weights split between the cores instead of the rows. Each core takes a share of the heads (their
+    Q, K and V columns, their attention, their rows of the attention output's weight) and of the
+    FFN's intermediate columns (their GELU, their rows of the output weight), and sums its part of
+    each block's output projection over its own share of K. So every weight is read once, by one core,
+    the GELU and attention run on every core, and the cores meet once per block (the partial sums
+    added, the residual and LayerNorm) where gemm's BLAS threads meet after every chunk. BLAS stays
+    single-threaded throughout (threads.split): OpenBLAS's threads, if they ran, would busy-wait
+    after their last call, on the core the next forward's parts need. The split of K falls where
+    gemm's groups already do at bge-large's sizes (512 of 1024; 2048 of 4096: the same group sums
+    in another order). Measured (alternating A/Bs of encode() against gemm's BLAS threads, bge-large
+    size, Intel Xeon): 4 queries 0.89-0.96x the time, one query 0.97-1.03x, one passage 1.00-1.01x.
+    (n_rows, D), or (n_sequences, D) with cls_only."""
+    N, D = x.shape
+    Dh = D // n_head
+    first = cls_rows(runs) if cls_only else slice(None)
+    xq = x[first]                                            # (n, D) the rows this layer outputs
+    qkv, o = widened(attn["qkv"], x), widened(attn_out["dense"], x)
+    w1, w2 = widened(inter["dense"], x), widened(out["dense"], x)
+
+    def heads_part(hs):
+        nh = hs.stop - hs.start
+        c = slice(hs.start * Dh, hs.stop * Dh)               # this part's columns of Q (and of K, V past D)
+        q = linear(xq, qkv["w"][:, c], qkv["b"][c])          # (n, h Dh)
+        q *= 1.0 / math.sqrt(Dh)                             # as self_attention scales q
+        kv = np.empty((N, 2, nh * Dh), x.dtype)              # (N, 2, h Dh)
+        for j in (1, 2):
+            cj = slice(j * D + c.start, j * D + c.stop)
+            linear(x, qkv["w"][:, cj], qkv["b"][cj], out=kv[:, j - 1])
+        ctx, i = np.empty_like(q), 0                         # (n, h Dh) its heads side by side
+        for start, B, S in runs:
+            L = 1 if cls_only else S                         # query rows per sequence
+            k, v = kv[start:start + B * S].reshape(B, S, 2, nh, Dh).transpose(2, 0, 3, 1, 4)  # 2 x (B, h, S, Dh)
+            qb = q[i:i + B * L].reshape(B, L, nh, Dh).transpose(0, 2, 1, 3)  # (B, h, L, Dh)
+            ctx[i:i + B * L] = attention(qb, k, v, None, scale=1.0).transpose(0, 2, 1, 3).reshape(B * L, -1)
+            i += B * L
+        return _partial(ctx, o, c, hs.start == 0)           # (n, D) its share of the attention output
+
+    def ffn_part(f, a):
+        h = intermediate(a, dict(w=w1["w"][:, f], b=w1["b"][f]))  # (n, f) its intermediate columns
+        return _partial(h, w2, f, f.start == 0)              # (n, D)
+
+    with threads.split() as parts:
+        a = _summed(threads.run(heads_part, [(hs,) for hs in threads.chunks(n_head, parts)], parts > 1))
+        a += xq
+        layer_norm(a, **attn_out["ln"], eps=eps, out=a)      # (n, D) attention_output
+        y = _summed(threads.run(ffn_part, [(f, a) for f in threads.chunks(w1["w"].shape[1], parts)], parts > 1))
+    y += a
+    return layer_norm(y, **out["ln"], eps=eps, out=y)        # (n, D) output
+
+
+def by_heads(x, inter):
+    """True where layer_by_heads runs: below FEW_ROWS token rows, for weights of BY_HEADS_WEIGHTS
+    elements or more (the FFN's first, the largest with qkv). Smaller weights stay in cache and
+    their matmuls are short: there the pool's meetings cost more than gemm's BLAS threads."""
+    return len(x) < FEW_ROWS and inter["dense"]["w"].size >= BY_HEADS_WEIGHTS
+
+
+def _partial(h, dense, k, with_bias):
+    """h @ dense["w"][k] (n, D): one core's share of K of a projection, the bias in the first share."""
+    if with_bias:
+        return linear(h, dense["w"][k], dense["b"])
+    return gemm.matmul(h, dense["w"][k])
+
+
+def _summed(parts):
+    """The partial sums added, in order, into the first."""
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total
 
 
 def cls_self_attention(x, runs, qkv, n_head):
@@ -224,6 +301,8 @@ def cls_self_attention(x, runs, qkv, n_head):
 def cls_layer(x, runs, attn, attn_out, inter, out, n_head, eps):
     """layer() for each sequence's first row ([CLS]) only, (n_sequences, D): every step after K and V
     is row by row, so those rows are exactly what the whole layer gives them."""
+    if by_heads(x, inter):
+        return layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=True)
     ctx = cls_self_attention(x, runs, **attn, n_head=n_head)  # (n, D)
     a = attention_output(ctx, x[cls_rows(runs)], **attn_out, eps=eps)  # (n, D)
     return output(intermediate(a, **inter), a, **out, eps=eps)  # (n, D)
@@ -378,12 +457,16 @@ def attention_blocks(runs, n_head, itemsize, parts):
     return blocks
 
 
-# Below this many token rows a forward leaves each projection to gemm.py (the BLAS's threads share
-# each weight matrix) instead of giving each core its own token rows: with few rows every core
-# would stream every weight matrix, and the forward is bound by reading the weights. Measured
-# (benchmarks/latency.py --layouts, Intel Xeon), few-rows layout / rows split: 0.57 at 8 rows, 0.79
-# at 64, 0.96 at 128 and 192, 1.03 at 256, 1.07 at 384.
+# Below this many token rows a forward splits each weight between the cores (layer_by_heads, or
+# gemm's BLAS threads for small weights) instead of giving each core its own token rows: with few
+# rows every core would stream every weight matrix. Measured (benchmarks/latency.py --layouts, Intel
+# Xeon, before layer_by_heads: gemm's BLAS threads), few-rows layout / rows split: 0.57 at 8 rows,
+# 0.79 at 64, 0.96 at 128 and 192, 1.03 at 256, 1.07 at 384.
 FEW_ROWS = 256
+# From this many elements of the FFN's first weight (bge-large's 4M; MiniLM's is 590K), a few rows
+# take layer_by_heads. A/B of encode(), layer_by_heads / gemm's BLAS threads, Intel Xeon: MiniLM 1
+# query 1.53, 4 queries 1.17, 1 passage 0.99; bge-large size in the function's docstring.
+BY_HEADS_WEIGHTS = 1 << 20
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20

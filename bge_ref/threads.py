@@ -3,10 +3,11 @@
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
 in parallel on large arrays. fast.py gives each thread its own sequences (every layer) or rows (or
 attention heads) with BLAS single-threaded inside (`split`), from fast.FEW_ROWS token rows (with
-fewer, the BLAS's own threads share each matmul); checkpoint.py checks and copies several layers at
-once. The calling thread takes a part too. Not in parallel: the GIL. Each NumPy call takes it back
-when its loop ends, and waits while another thread holds it, so work made of many short calls (the
-GELU, LayerNorm) gains less from a second thread than a matmul does (benchmarks/breakdown.py).
+fewer, its share of the heads and FFN columns; for small weights the BLAS's threads share each
+matmul instead); checkpoint.py checks and copies several layers at once. The calling thread
+takes a part too. Not in parallel: the GIL. Each NumPy call takes it back when its loop ends,
+and waits while another thread holds it, so work made of many short calls (the GELU, LayerNorm)
+gains less from a second thread than a matmul does (benchmarks/breakdown.py).
 $BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations
@@ -117,7 +118,7 @@ def split():
 def forward_threads():
     """The block of one forward: with THREADS 1 ($BGE_REF_THREADS=1) the BLAS on one thread too
     (threadpoolctl), so that one setting makes the whole forward single-threaded; a few rows'
-    projections are otherwise shared by the BLAS's own threads. That is the setting for a machine
+    projections of small weights are otherwise shared by the BLAS's own threads. That is the setting for a machine
     whose cores are busy with other processes: OpenBLAS splits each call evenly between its threads,
     which meet after it, so every call waits for the thread another process preempted: a query
     can take several times as long as on one thread."""

@@ -74,18 +74,53 @@ def test_cls_only_last_layer_gives_the_cls_rows(tiny, minilm_path, which, dtype)
         fast.bert(ids, mask, batch["token_type_ids"], model.params, model.config, cls_only=True)
 
 
+@pytest.mark.parametrize("few", ["by_heads", "gemm"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, monkeypatch):
-    """Below FEW_ROWS each projection is left to gemm.py (its calls threaded by the BLAS), above it each
-    core takes its own rows: the same function either way (1e-13 in float64, float32 rounding otherwise)."""
+def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, few, monkeypatch):
+    """Below FEW_ROWS each core takes a share of the heads and FFN columns (layer_by_heads; forced here
+    on MiniLM's small weights) or each projection is left to gemm.py (its calls threaded by the BLAS);
+    above it each core takes its own rows: the same function every way, the [CLS]-only last layer
+    too (1e-13 in float64, float32 rounding otherwise)."""
     model = bge_ref.load(minilm_path, dtype=dtype)
-    batch = model.tokenize(TEXTS[:3])
+    batch = model.tokenize(TEXTS[:3] + ["a longer text " * 5])   # two runs of lengths
     monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(fast, "BY_HEADS_WEIGHTS", 0 if few == "by_heads" else 1 << 40)
     monkeypatch.setattr(fast, "FEW_ROWS", 10**6)
-    columns = model.forward(**batch)
+    ran_in, plain = set(), fast._partial
+    monkeypatch.setattr(fast, "_partial", lambda *a: ran_in.add(threading.current_thread()) or plain(*a))
+    columns, cls = model.forward(**batch), model.forward(**batch, cls_only=True)
+    assert len(ran_in) == (2 if few == "by_heads" else 0)        # each core summed its own share of K
     monkeypatch.setattr(fast, "FEW_ROWS", 0)
     rows = model.forward(**batch)
-    assert np.abs(columns - rows).max() <= (1e-13 if dtype == "float64" else 1e-5)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    assert np.abs(columns - rows).max() <= tol and np.abs(cls[:, 0] - rows[:, 0]).max() <= tol
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_few_rows_read_every_weight_once(minilm_path, cls_only, monkeypatch):
+    """In layer_by_heads the cores multiply every projection weight once per forward between them, no
+    part of one twice (that would be a projection computed again, as a first version of the layout
+    did with Q, K and V: 1.25x the time)."""
+    model = bge_ref.load(minilm_path)
+    batch = model.tokenize(TEXTS[:2])
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(fast, "BY_HEADS_WEIGHTS", 0)
+    read, plain = [], gemm.matmul
+    monkeypatch.setattr(gemm, "matmul", lambda x, w, *a, **k: read.append(w.size) or plain(x, w, *a, **k))
+    model.forward(**batch, cls_only=cls_only)
+    weights = sum(p[a][b]["w"].size for p in model.params["layers"]
+                  for a, b in (("attn", "qkv"), ("attn_out", "dense"), ("inter", "dense"), ("out", "dense")))
+    assert sum(read) == weights
+
+
+def test_by_heads_for_a_few_rows_of_large_weights():
+    """bge-large's FFN weight (1024 x 4096) takes layer_by_heads below FEW_ROWS; MiniLM's (384 x 1536),
+    in cache, does not (its pool meetings would cost more than they save), nor do FEW_ROWS rows."""
+    large = {"dense": {"w": np.empty((1024, 4096), np.float32)}}
+    small = {"dense": {"w": np.empty((384, 1536), np.float32)}}
+    assert fast.by_heads(np.empty((11, 1024)), large) and fast.by_heads(np.empty((fast.FEW_ROWS - 1, 1024)), large)
+    assert not fast.by_heads(np.empty((fast.FEW_ROWS, 1024)), large)
+    assert not fast.by_heads(np.empty((11, 384)), small)
 
 
 def test_sequence_parts_are_whole_sequences_balanced_by_tokens():
