@@ -51,16 +51,17 @@ __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_out
            "layer", "layer_by_heads", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
 
 
-def linear(x, w, b, out=None):
+def linear(x, w, b, out=None, whole=None):
     """x @ w + b as one 2-D matmul over every token, K summed in short chunks (gemm.py: at most the
     rounding error of torch's matmul), into `out` if given. The output starts as the bias and BLAS
     adds the products into it, as torch's addmm does: no pass of its own for the bias. (Starting
     from bias + residual would save one more, but the products would then be summed onto the
-    residual's large values, rounding at their scale: 1.25x transformers' max error on MiniLM.)"""
+    residual's large values, rounding at their scale: 1.25x transformers' max error on MiniLM.)
+    `whole`: the size of the weight matrix w is a part of, for gemm's chunk length (gemm.matmul)."""
     x2 = x.reshape(-1, x.shape[-1])                          # (N, in)
     y = np.empty((len(x2), w.shape[1]), x.dtype) if out is None else out  # (N, out)
     y[...] = b
-    gemm.matmul(x2, as_compute(w, x), out=y, accumulate=True)
+    gemm.matmul(x2, as_compute(w, x), out=y, accumulate=True, whole=whole)
     return y.reshape(*x.shape[:-1], -1)                      # (..., out)
 
 
@@ -231,12 +232,12 @@ def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=Fa
     def heads_part(hs):
         nh = hs.stop - hs.start
         c = slice(hs.start * Dh, hs.stop * Dh)               # this part's columns of Q (and of K, V past D)
-        q = linear(xq, qkv["w"][:, c], qkv["b"][c])          # (n, h Dh)
+        q = linear(xq, qkv["w"][:, c], qkv["b"][c], whole=qkv["w"].size)  # (n, h Dh) chunked as the whole w
         q *= 1.0 / math.sqrt(Dh)                             # as self_attention scales q
         kv = np.empty((N, 2, nh * Dh), x.dtype)              # (N, 2, h Dh)
         for j in (1, 2):
             cj = slice(j * D + c.start, j * D + c.stop)
-            linear(x, qkv["w"][:, cj], qkv["b"][cj], out=kv[:, j - 1])
+            linear(x, qkv["w"][:, cj], qkv["b"][cj], out=kv[:, j - 1], whole=qkv["w"].size)
         ctx, i = np.empty_like(q), 0                         # (n, h Dh) its heads side by side
         for start, B, S in runs:
             L = 1 if cls_only else S                         # query rows per sequence
@@ -247,7 +248,8 @@ def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=Fa
         return _partial(ctx, o, c, hs.start == 0)           # (n, D) its share of the attention output
 
     def ffn_part(f, a):
-        h = intermediate(a, dict(w=w1["w"][:, f], b=w1["b"][f]))  # (n, f) its intermediate columns
+        h = linear(a, w1["w"][:, f], w1["b"][f], whole=w1["w"].size)  # (n, f) its intermediate columns
+        gelu_fast(h, out=h)                                  # as intermediate(), in place
         return _partial(h, w2, f, f.start == 0)              # (n, D)
 
     with threads.split() as parts:
@@ -267,10 +269,11 @@ def by_heads(x, inter):
 
 
 def _partial(h, dense, k, with_bias):
-    """h @ dense["w"][k] (n, D): one core's share of K of a projection, the bias in the first share."""
+    """h @ dense["w"][k] (n, D): one core's share of K of a projection, the bias in the first share;
+    summed in chunks as the whole weight would be (gemm.chunk_length)."""
     if with_bias:
-        return linear(h, dense["w"][k], dense["b"])
-    return gemm.matmul(h, dense["w"][k])
+        return linear(h, dense["w"][k], dense["b"], whole=dense["w"].size)
+    return gemm.matmul(h, dense["w"][k], whole=dense["w"].size)
 
 
 def _summed(parts):

@@ -62,11 +62,13 @@ SYMBOLS = [("scipy_cblas_sgemm64_", "scipy_openblas_get_config64_"), ("scipy_cbl
            ("cblas_sgemm64_", "openblas_get_config64_"), ("cblas_sgemm", "openblas_get_config")]
 
 
-def matmul(x, w, out=None, accumulate=False):
+def matmul(x, w, out=None, accumulate=False, whole=None):
     """x @ w (np.matmul(x, w, out=out)), for 2-D float32 operands summed over K in chunks of CHUNK
     (SHORT_CHUNK for a few rows: `chunk_length`);
     with accumulate=True, out += x @ w (out then holds, say, a bias: BLAS adds the products to it as
-    it stores them, as torch's addmm does, so no pass of its own is needed for it).
+    it stores them, as torch's addmm does, so no pass of its own is needed for it). `whole`: the
+    elements of the weight matrix w is a part of (fast.layer_by_heads gives each core a part), for
+    chunk_length's rule; w.size if None.
 
     Anything else (float64, float16 @ float16, stacks of matrices, vectors, subclasses, K <= CHUNK,
     empty shapes, shape errors) is np.matmul itself. Operands with rows or columns of unit stride
@@ -88,7 +90,7 @@ def matmul(x, w, out=None, accumulate=False):
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
     product = _blas_product(sgemm, x, w) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product(x, w)
-    chunked(x, w, y, product, accumulate, chunk_length(N, w.size))
+    chunked(x, w, y, product, accumulate, chunk_length(N, w.size if whole is None else whole))
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")

@@ -224,6 +224,10 @@ def test_large_weights_take_short_chunks_up_to_more_rows(N, chunk, monkeypatch):
     rec.ks.clear()
     gemm.matmul(x[:, :1023], w[:1023])                        # LARGE_W - 1024 elements: below the bound
     assert max(rec.ks) == gemm.CHUNK
+    rec.ks.clear()
+    part = gemm.matmul(x[:, :1023], w[:1023], whole=gemm.LARGE_W)  # a part of a LARGE_W matrix (fast.layer_by_heads)
+    assert max(rec.ks) == chunk
+    close_to_matmul(part, x[:, :1023], w[:1023])
 
 
 def test_blas_threads_or_one_thread_same_product():
