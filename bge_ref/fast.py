@@ -220,7 +220,8 @@ def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=Fa
     after their last call, on the core the next forward's parts need. The split of K falls where
     gemm's groups already do at bge-large's sizes (512 of 1024; 2048 of 4096: the same group sums
     in another order). Measured (alternating A/Bs of encode() against gemm's BLAS threads, bge-large
-    size, Intel Xeon): 4 queries 0.89-0.96x the time, one query 0.97-1.03x, one passage 1.00-1.01x.
+    size, Intel Xeon, medians of 16-30 rounds, three runs): 4 queries 0.89-0.97x the time, one
+    passage 0.93-1.01x, one query 0.97-1.03x (noise).
     (n_rows, D), or (n_sequences, D) with cls_only."""
     N, D = x.shape
     Dh = D // n_head
