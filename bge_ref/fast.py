@@ -239,13 +239,7 @@ def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=Fa
         for j in (1, 2):
             cj = slice(j * D + c.start, j * D + c.stop)
             linear(x, qkv["w"][:, cj], qkv["b"][cj], out=kv[:, j - 1], whole=qkv["w"].size)
-        ctx, i = np.empty_like(q), 0                         # (n, h Dh) its heads side by side
-        for start, B, S in runs:
-            L = 1 if cls_only else S                         # query rows per sequence
-            k, v = kv[start:start + B * S].reshape(B, S, 2, nh, Dh).transpose(2, 0, 3, 1, 4)  # 2 x (B, h, S, Dh)
-            qb = q[i:i + B * L].reshape(B, L, nh, Dh).transpose(0, 2, 1, 3)  # (B, h, L, Dh)
-            ctx[i:i + B * L] = attention(qb, k, v, None, scale=1.0).transpose(0, 2, 1, 3).reshape(B * L, -1)
-            i += B * L
+        ctx = attend_runs(q, kv, runs, nh, cls_only)         # (n, h Dh) its heads side by side
         return _partial(ctx, o, c, hs.start == 0)           # (n, D) its share of the attention output
 
     def ffn_part(f, a):
@@ -293,13 +287,22 @@ def cls_self_attention(x, runs, qkv, n_head):
     kv = linear(x, qkv["w"][:, D:], qkv["b"][D:])           # (N, 2D)
     q = linear(x[first], qkv["w"][:, :D], qkv["b"][:D])      # (n, D)
     q *= 1.0 / math.sqrt(D // n_head)
-    ctx, i = np.empty_like(q), 0                             # (n, D)
+    return attend_runs(q, kv.reshape(N, 2, D), runs, n_head, cls_only=True)  # (n, D)
+
+
+def attend_runs(q, kv, runs, n_head, cls_only=False):
+    """Attention of q's rows over the keys and values of kv (N, 2, H Dh), run by run (`packed`): q
+    holds every row (n = N), or each sequence's first row alone with cls_only (n = sequences), and
+    is already scaled. (n, H Dh), heads side by side."""
+    Dh = q.shape[1] // n_head
+    ctx, i = np.empty_like(q), 0                             # (n, H Dh)
     for start, B, S in runs:
-        k, v = kv[start:start + B * S].reshape(B, S, 2, n_head, D // n_head).transpose(2, 0, 3, 1, 4)  # 2 x (B, H, S, Dh)
-        qb = q[i:i + B].reshape(B, n_head, 1, D // n_head)   # (B, H, 1, Dh)
-        ctx[i:i + B] = attention(qb, k, v, None, scale=1.0).reshape(B, D)  # (B, D) q is scaled
-        i += B
-    return ctx                                               # (n, D)
+        L = 1 if cls_only else S                             # query rows per sequence
+        k, v = kv[start:start + B * S].reshape(B, S, 2, n_head, Dh).transpose(2, 0, 3, 1, 4)  # 2 x (B, H, S, Dh)
+        qb = q[i:i + B * L].reshape(B, L, n_head, Dh).transpose(0, 2, 1, 3)  # (B, H, L, Dh)
+        ctx[i:i + B * L] = attention(qb, k, v, None, scale=1.0).transpose(0, 2, 1, 3).reshape(B * L, -1)
+        i += B * L
+    return ctx                                               # (n, H Dh)
 
 
 def cls_layer(x, runs, attn, attn_out, inter, out, n_head, eps):

@@ -118,10 +118,10 @@ def split():
 def forward_threads():
     """The block of one forward: with THREADS 1 ($BGE_REF_THREADS=1) the BLAS on one thread too
     (threadpoolctl), so that one setting makes the whole forward single-threaded; a few rows'
-    projections of small weights are otherwise shared by the BLAS's own threads. That is the setting for a machine
-    whose cores are busy with other processes: OpenBLAS splits each call evenly between its threads,
-    which meet after it, so every call waits for the thread another process preempted: a query
-    can take several times as long as on one thread."""
+    projections of small weights are otherwise shared by the BLAS's own threads. That is the
+    setting for a machine whose cores are busy with other processes: OpenBLAS splits each call
+    evenly between its threads, which meet after it, so every call waits for the thread another
+    process preempted: a query can take several times as long as on one thread."""
     limit = blas_single_threaded() if THREADS == 1 else None
     if limit is None:
         yield
