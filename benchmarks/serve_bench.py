@@ -12,6 +12,13 @@ request until none is left. Throughput counts tokens embedded ([CLS]/[SEP] inclu
 truncation) per second of wall time; latency is per request. Offline is `encode(texts)` (batch_size
 32) of the same texts in a fresh process, run before and after each round of served runs (--repeat
 rounds); the fastest run of each mode is kept. Timings on a shared machine are noisy.
+
+    python benchmarks/serve_bench.py --against b97fb2e   # and 1 client: this code's server against that revision's
+
+--against REV also serves the 1-client run from bge_ref/ as it was at git revision REV (extracted with
+`git archive` into a temporary directory, and imported from there: checked), alternating with this
+code's server, --repeat rounds each, the first to run swapped every round: one run on one machine
+shows whether a change made a single client faster, whatever the machine's speed that hour.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -63,11 +71,12 @@ def offline(path: Path, texts: list[str]) -> tuple[float, int]:
 
 
 class Server:
-    def __init__(self, path: Path, port: int, extra=()):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    def __init__(self, path: Path, port: int, extra=(), root: Path = ROOT):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
         self.base = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "bge_ref", "serve", "--model", str(path),
-                                      "--port", str(port), *extra], env=env, stderr=subprocess.DEVNULL)
+                                      "--port", str(port), *extra], env=env, cwd=root,
+                                     stderr=subprocess.DEVNULL)  # cwd: python -m puts it first on sys.path
         import requests
         for _ in range(600):  # 120 s at most
             try:
@@ -170,6 +179,50 @@ def bench_model(name: str, path: Path, per_request: int, repeat: int) -> tuple[l
     return rows, ratio32
 
 
+def checkout(rev: str, into: Path) -> Path:
+    """bge_ref/ as it was at git revision `rev`, extracted into `into`, whose python then imports it."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "bge_ref"], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--against {rev}: git archive failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    env = dict(os.environ, PYTHONPATH=str(into))
+    where = subprocess.run([sys.executable, "-c", "import bge_ref; print(bge_ref.__file__)"], env=env, cwd=into,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(into.resolve()):  # an installed bge_ref would shadow it
+        raise SystemExit(f"--against {rev}: python imports bge_ref from {where}, not from {into}")
+    return into
+
+
+def against(name: str, path: Path, per_request: int, rev: str, rev_root: Path, repeat: int) -> list[str]:
+    """1 client, this code's server and rev's alternating (`repeat` rounds, who goes first swapped
+    each round): a row per server (its fastest round) and the median of the rounds' ratios."""
+    from bge_ref import BertConfig
+    texts = corpus(TEXTS[name])
+    reqs = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
+    dim = BertConfig.from_json(path / "config.json").hidden_size
+    servers = [("this code", ROOT), (rev, rev_root)]
+    runs = {label: [] for label, _ in servers}
+    for r in range(repeat):
+        for label, root in servers[::-1] if r % 2 else servers:
+            server = Server(path, free_port(), root=root)
+            try:
+                served(server.base, reqs[:2], 2, dim)  # warm-up
+                runs[label].append(served(server.base, reqs, 1, dim))
+            finally:
+                server.stop()
+            print(f"{name}: 1 client, {label}: {runs[label][-1][1] / runs[label][-1][0]:,.0f} tokens/s", file=sys.stderr)
+    import numpy as np
+    ratios = [b[0] / a[0] for a, b in zip(runs["this code"], runs[rev])]  # rev's wall over this code's
+    rows = []
+    for label, _ in servers:
+        wall, tokens, lat = min(runs[label])
+        rows.append(f"| {name} | {label} | {len(reqs)} x {per_request} texts | {tokens / wall:,.0f} | "
+                    f"{percentile(lat, 50) * 1e3:,.0f} | {percentile(lat, 99) * 1e3:,.0f} | "
+                    + (f"**{np.median(ratios):.2f}x** ({', '.join(f'{x:.2f}' for x in ratios)}) |"
+                       if label == "this code" else "1.00x |"))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write-readme", action="store_true")
@@ -177,26 +230,31 @@ def main():
     p.add_argument("--repeat", type=int, default=1, help="rounds of served runs, each followed by an offline run; "
                                                          "the fastest of each kept")
     p.add_argument("--models", nargs="*", default=list(TEXTS), choices=list(TEXTS))
+    p.add_argument("--against", metavar="REV", help="also serve 1 client from bge_ref/ at this git revision, alternating")
     args = p.parse_args()
-    rows, goals = [], []
-    for name in args.models:
-        r, ratio = bench_model(name, model_path(name), args.texts_per_request, args.repeat)
-        rows += r
-        goals.append(f"| {name}: served throughput at 32 clients vs offline encode() | >= {GOAL}x | {ratio:.2f}x | "
-                     f"{'yes' if ratio >= GOAL else '**no**'} |")
-    table = render(rows, goals, args.texts_per_request, args.repeat)
+    rows, goals, compared = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        rev_root = checkout(args.against, Path(tmp)) if args.against else None
+        for name in args.models:
+            r, ratio = bench_model(name, model_path(name), args.texts_per_request, args.repeat)
+            rows += r
+            goals.append(f"| {name}: served throughput at 32 clients vs offline encode() | >= {GOAL}x | {ratio:.2f}x | "
+                         f"{'yes' if ratio >= GOAL else '**no**'} |")
+            if rev_root:
+                compared += against(name, model_path(name), args.texts_per_request, args.against, rev_root, args.repeat)
+    table = render(rows, goals, args.texts_per_request, args.repeat, compared, args.against)
     print(table)
     if args.write_readme:
         write_region("serve", table)
 
 
-def render(rows, goals, per_request, repeat) -> str:
+def render(rows, goals, per_request, repeat, compared=(), rev=None) -> str:
     import numpy as np
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
-        f"Measured {when} with `python benchmarks/serve_bench.py --write-readme` on: {cpu}, "
+        f"Measured {when} with `python benchmarks/serve_bench.py {' '.join(sys.argv[1:])}` on: {cpu}, "
         f"{os.cpu_count()} cores visible; Python {platform.python_version()}, NumPy {np.__version__}. "
         "Server and clients share the machine; on a shared machine absolute figures are noisy.",
         "",
@@ -213,6 +271,16 @@ def render(rows, goals, per_request, repeat) -> str:
         "| measure | target | this run | met |",
         "| --- | --- | --- | --- |",
         *goals,
+        *([] if not compared else [
+            "",
+            f"One client against the server of revision `{rev}` (its bge_ref/, from `git archive`), the same "
+            f"requests, {repeat} round(s) each, alternating: tokens/s and latency of each server's fastest round, "
+            f"and this code's speed over {rev}'s (its wall time over this code's), the median of the rounds' ratios "
+            "and each round's.",
+            "",
+            f"| model | server | requests | tokens/s | p50 ms | p99 ms | speed vs `{rev}` |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+            *compared]),
     ])
 
 

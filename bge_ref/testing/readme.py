@@ -28,6 +28,7 @@ PAGES = {
     "corpus": "docs/reports/corpus.md",
     "performance": "docs/reports/performance.md",
     "profile": "docs/reports/performance.md",
+    "peer-profile": "docs/reports/performance.md",
 }
 
 
