@@ -144,11 +144,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_model(name: str, path: Path, per_request: int, repeat: int) -> tuple[list[str], float]:
+def workload(name: str, path: Path, per_request: int) -> tuple[list[str], list[list[str]], int]:
+    """The model's texts, the requests they are cut into, and the vectors' width."""
     from bge_ref import BertConfig
     texts = corpus(TEXTS[name])
     reqs = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
-    dim = BertConfig.from_json(path / "config.json").hidden_size
+    return texts, reqs, BertConfig.from_json(path / "config.json").hidden_size
+
+
+def bench_model(name: str, path: Path, per_request: int, repeat: int) -> tuple[list[str], float]:
+    texts, reqs, dim = workload(name, path, per_request)
     runs = [offline(path, texts)]
     print(f"{name}: offline {runs[0][1] / runs[0][0]:,.0f} tokens/s", file=sys.stderr)
     best = {}  # clients -> (wall, tokens, latencies) of the fastest run
@@ -196,10 +201,7 @@ def checkout(rev: str, into: Path) -> Path:
 def against(name: str, path: Path, per_request: int, rev: str, rev_root: Path, repeat: int) -> list[str]:
     """1 client, this code's server and rev's alternating (`repeat` rounds, who goes first swapped
     each round): a row per server (its fastest round) and the median of the rounds' ratios."""
-    from bge_ref import BertConfig
-    texts = corpus(TEXTS[name])
-    reqs = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
-    dim = BertConfig.from_json(path / "config.json").hidden_size
+    _, reqs, dim = workload(name, path, per_request)
     servers = [("this code", ROOT), (rev, rev_root)]
     runs = {label: [] for label, _ in servers}
     for r in range(repeat):
@@ -236,12 +238,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         rev_root = checkout(args.against, Path(tmp)) if args.against else None
         for name in args.models:
-            r, ratio = bench_model(name, model_path(name), args.texts_per_request, args.repeat)
+            path = model_path(name)
+            r, ratio = bench_model(name, path, args.texts_per_request, args.repeat)
             rows += r
             goals.append(f"| {name}: served throughput at 32 clients vs offline encode() | >= {GOAL}x | {ratio:.2f}x | "
                          f"{'yes' if ratio >= GOAL else '**no**'} |")
             if rev_root:
-                compared += against(name, model_path(name), args.texts_per_request, args.against, rev_root, args.repeat)
+                compared += against(name, path, args.texts_per_request, args.against, rev_root, args.repeat)
     table = render(rows, goals, args.texts_per_request, args.repeat, compared, args.against)
     print(table)
     if args.write_readme:
