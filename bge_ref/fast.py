@@ -15,8 +15,8 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   texts, a passage) the forward is bound by reading the weights, and that layout would have every
   core stream every weight matrix: there each core takes a share of the heads and of the FFN's
   intermediate columns instead, and reads only its share of each weight (`layer_by_heads`); small
-  weights (MiniLM's) leave each projection to gemm.py, whose BLAS calls split the output between
-  the BLAS's own threads, and the rest runs in the calling thread;
+  weights (MiniLM's) and a single query leave each projection to gemm.py, whose BLAS calls split
+  the output between the BLAS's own threads, and the rest runs in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -221,7 +221,8 @@ def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=Fa
     gemm's groups already do at bge-large's sizes (512 of 1024; 2048 of 4096: the same group sums
     in another order). Measured (alternating A/Bs of encode() against gemm's BLAS threads, bge-large
     size, Intel Xeon, medians of 16-30 rounds, three runs): 4 queries 0.89-0.97x the time, one
-    passage 0.93-1.01x, one query 0.97-1.03x (noise).
+    passage 0.93-1.01x, one query 0.97-1.03x (noise; on the Haswell kernel 1.08-1.10x, so a
+    single query no longer comes here: `by_heads`).
     (n_rows, D), or (n_sequences, D) with cls_only."""
     N, D = x.shape
     Dh = D // n_head
@@ -257,10 +258,11 @@ def layer_by_heads(x, runs, attn, attn_out, inter, out, n_head, eps, cls_only=Fa
 
 
 def by_heads(x, inter):
-    """True where layer_by_heads runs: below FEW_ROWS token rows, for weights of BY_HEADS_WEIGHTS
-    elements or more (the FFN's first, the largest with qkv). Smaller weights stay in cache and
-    their matmuls are short: there the pool's meetings cost more than gemm's BLAS threads."""
-    return len(x) < FEW_ROWS and inter["dense"]["w"].size >= BY_HEADS_WEIGHTS
+    """True where layer_by_heads runs: from BY_HEADS_ROWS up to FEW_ROWS token rows, for weights of
+    BY_HEADS_WEIGHTS elements or more (the FFN's first, the largest with qkv). Smaller weights stay
+    in cache and their matmuls are short, and so are a single query's: there the pool's meetings
+    cost more than gemm's BLAS threads."""
+    return BY_HEADS_ROWS <= len(x) < FEW_ROWS and inter["dense"]["w"].size >= BY_HEADS_WEIGHTS
 
 
 def _partial(h, dense, k, with_bias):
@@ -474,6 +476,12 @@ FEW_ROWS = 256
 # take layer_by_heads. A/B of encode(), layer_by_heads / gemm's BLAS threads, Intel Xeon: MiniLM 1
 # query 1.53, 4 queries 1.17, 1 passage 0.99; bge-large size in the function's docstring.
 BY_HEADS_WEIGHTS = 1 << 20
+# ... and from this many token rows: one query, even with bge's query prefix (about 20 rows), takes
+# gemm's BLAS threads. A/B of encode() at bge-large size, layer_by_heads / gemm's BLAS threads, Intel
+# Xeon, medians of 12-20 alternating rounds: OpenBLAS's Haswell kernel 1.08-1.10x the time at 11
+# rows, 1.07x at 16, 1.03x at 20; its SkylakeX kernel 0.98-1.0x at 11 and 20 rows (noise), 4 queries
+# (44 rows) 0.94x and 1 passage 0.89x on SkylakeX, 0.96x and 0.94x on Haswell.
+BY_HEADS_ROWS = 24
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
 SCORES_BLOCK_BYTES = 4 << 20

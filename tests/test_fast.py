@@ -85,6 +85,7 @@ def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, few, monkeypat
     batch = model.tokenize(TEXTS[:3] + ["a longer text " * 5])   # two runs of lengths
     monkeypatch.setattr(threads, "THREADS", 2)
     monkeypatch.setattr(fast, "BY_HEADS_WEIGHTS", 0 if few == "by_heads" else 1 << 40)
+    monkeypatch.setattr(fast, "BY_HEADS_ROWS", 0)
     monkeypatch.setattr(fast, "FEW_ROWS", 10**6)
     ran_in, plain = set(), fast._partial
     monkeypatch.setattr(fast, "_partial", lambda *a: ran_in.add(threading.current_thread()) or plain(*a))
@@ -105,6 +106,7 @@ def test_few_rows_read_every_weight_once(minilm_path, cls_only, monkeypatch):
     batch = model.tokenize(TEXTS[:2])
     monkeypatch.setattr(threads, "THREADS", 2)
     monkeypatch.setattr(fast, "BY_HEADS_WEIGHTS", 0)
+    monkeypatch.setattr(fast, "BY_HEADS_ROWS", 0)
     read, wholes, plain = [], set(), gemm.matmul
     monkeypatch.setattr(gemm, "matmul", lambda x, w, *a, **k: read.append(w.size) or wholes.add(k.get("whole"))
                         or plain(x, w, *a, **k))
@@ -115,13 +117,16 @@ def test_few_rows_read_every_weight_once(minilm_path, cls_only, monkeypatch):
 
 
 def test_by_heads_for_a_few_rows_of_large_weights():
-    """bge-large's FFN weight (1024 x 4096) takes layer_by_heads below FEW_ROWS; MiniLM's (384 x 1536),
-    in cache, does not (its pool meetings would cost more than they save), nor do FEW_ROWS rows."""
+    """bge-large's FFN weight (1024 x 4096) takes layer_by_heads from BY_HEADS_ROWS up to FEW_ROWS;
+    MiniLM's (384 x 1536), in cache, does not (its pool meetings would cost more than they save), nor
+    do FEW_ROWS rows, nor a single query (11 rows, or about 20 with bge's query prefix)."""
     large = {"dense": {"w": np.empty((1024, 4096), np.float32)}}
     small = {"dense": {"w": np.empty((384, 1536), np.float32)}}
-    assert fast.by_heads(np.empty((11, 1024)), large) and fast.by_heads(np.empty((fast.FEW_ROWS - 1, 1024)), large)
+    assert fast.by_heads(np.empty((44, 1024)), large) and fast.by_heads(np.empty((fast.FEW_ROWS - 1, 1024)), large)
+    assert fast.by_heads(np.empty((fast.BY_HEADS_ROWS, 1024)), large)
     assert not fast.by_heads(np.empty((fast.FEW_ROWS, 1024)), large)
-    assert not fast.by_heads(np.empty((11, 384)), small)
+    assert not fast.by_heads(np.empty((11, 1024)), large) and not fast.by_heads(np.empty((20, 1024)), large)
+    assert not fast.by_heads(np.empty((44, 384)), small)
 
 
 def test_sequence_parts_are_whole_sequences_balanced_by_tokens():
