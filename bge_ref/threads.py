@@ -3,8 +3,8 @@
 NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain threads really run
 in parallel on large arrays. fast.py gives each thread its own sequences (every layer) or rows (or
 attention heads) with BLAS single-threaded inside (`split`), from fast.FEW_ROWS token rows (with
-fewer, its share of the heads and FFN columns; for small weights the BLAS's threads share each
-matmul instead); checkpoint.py checks and copies several layers at once. The calling thread
+fewer, its share of the heads and FFN columns; for small weights or a single query the BLAS's
+threads share each matmul instead); checkpoint.py checks and copies several layers at once. The calling thread
 takes a part too. Not in parallel: the GIL. Each NumPy call takes it back when its loop ends,
 and waits while another thread holds it, so work made of many short calls (the GELU, LayerNorm)
 gains less from a second thread than a matmul does (benchmarks/breakdown.py).
