@@ -4,8 +4,9 @@ NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain th
 in parallel on large arrays. fast.py gives each thread its own sequences (every layer) or rows (or
 attention heads) with BLAS single-threaded inside (`split`), from fast.FEW_ROWS token rows (with
 fewer, its share of the heads and FFN columns; for small weights or a single query the BLAS's
-threads share each matmul instead); checkpoint.py checks and copies several layers at once. The calling thread
-takes a part too. Not in parallel: the GIL. Each NumPy call takes it back when its loop ends,
+threads share each matmul instead); checkpoint.py checks and copies several layers at once. The
+calling thread takes a part too, and waits for the others by polling, as the pool's threads wait
+for the next part (SPIN_SECONDS). Not in parallel: the GIL. Each NumPy call takes it back when its loop ends,
 and waits while another thread holds it, so work made of many short calls (the GELU, LayerNorm)
 gains less from a second thread than a matmul does (benchmarks/breakdown.py).
 $BGE_REF_THREADS sets the pool's size.
@@ -13,8 +14,9 @@ $BGE_REF_THREADS sets the pool's size.
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -33,8 +35,52 @@ def threads_from_env() -> int:
 
 
 THREADS = threads_from_env()
-_pool, _pool_size = None, 0
+# Seconds a pool thread, and run()'s caller, keep polling (time.sleep(0): the GIL released, the core
+# kept) before they block. A thread that blocks lets its core go idle, and on a virtual machine an idle
+# core is one the hypervisor may hand to another guest: waking it can take milliseconds. OpenBLAS's
+# threads poll between calls for the same reason. A/B of encode() against a blocking pool (Intel Xeon,
+# 2-core VM, alternating rounds, medians): where the hypervisor was stealing time, 0.93x the time for
+# 250 texts of the MiniLM corpus (stolen 4.8% of the time against 9.5%) and 0.95x for one bge-large
+# passage (1.2% against 4.8%); where it was not, 0.99x and 1.01x (noise).
+SPIN_SECONDS = 0.005
+_pool = None
 _local = threading.local()
+
+
+class _Pool:
+    """Helper threads taking parts from one queue; each polls it for SPIN_SECONDS before blocking."""
+
+    def __init__(self):
+        self.tasks, self.size, self.pid = queue.SimpleQueue(), 0, os.getpid()
+
+    def grow(self, size):
+        for i in range(self.size, size):
+            threading.Thread(target=self._loop, name=f"bge_ref_{i}", daemon=True).start()
+        self.size = max(self.size, size)
+
+    def _loop(self):
+        while True:
+            _polled(lambda: not self.tasks.empty())
+            self.tasks.get()()
+
+
+def _polled(ready):
+    """Poll ready() for SPIN_SECONDS, the GIL released between calls: True once it is."""
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while not ready():
+        if time.perf_counter() > deadline:
+            return False
+        time.sleep(0)
+    return True
+
+
+def pool(size):
+    """The helper threads, at least `size` of them (a new pool in a forked child: threads do not fork)."""
+    global _pool
+    if _pool is None or _pool.pid != os.getpid():
+        _pool = _Pool()
+    _pool.grow(size)
+    return _pool
 
 
 def run(fn, args_list, parallel=True):
@@ -44,13 +90,12 @@ def run(fn, args_list, parallel=True):
     thread takes parts too, rather than only waiting: one wake-up fewer per split (a forward of many
     rows splits three times a layer). Every part has run when it returns, or raises the first error
     in argument order."""
-    global _pool, _pool_size
     if THREADS == 1 or len(args_list) <= 1 or not parallel or in_part():
         return [fn(*args) for args in args_list]
-    if _pool is None or _pool_size < THREADS - 1:
-        _pool, _pool_size = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="bge_ref"), THREADS - 1
     results, errors = [None] * len(args_list), {}
     todo, lock = iter(range(len(args_list))), threading.Lock()
+    helpers = min(THREADS, len(args_list)) - 1
+    left, done = [helpers], threading.Event()
 
     def work():                                          # take the next part until none is left
         while True:
@@ -66,10 +111,18 @@ def run(fn, args_list, parallel=True):
             finally:
                 _local.in_part = False
 
-    helpers = [_pool.submit(work) for _ in range(min(THREADS, len(args_list)) - 1)]
+    def helper():
+        work()
+        with lock:
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+
+    tasks = pool(THREADS - 1).tasks
+    for _ in range(helpers):
+        tasks.put(helper)
     work()
-    for h in helpers:
-        h.result()
+    _polled(done.is_set) or done.wait()
     if errors:
         raise errors[min(errors)]
     return results

@@ -90,7 +90,7 @@ def test_few_rows_and_row_split_layouts_agree(minilm_path, dtype, few, monkeypat
     ran_in, plain = set(), fast._partial
     monkeypatch.setattr(fast, "_partial", lambda *a: ran_in.add(threading.current_thread()) or plain(*a))
     columns, cls = model.forward(**batch), model.forward(**batch, cls_only=True)
-    assert len(ran_in) == (2 if few == "by_heads" else 0)        # each core summed its own share of K
+    assert len(ran_in) >= 2 if few == "by_heads" else not ran_in  # the cores summed their own shares of K
     monkeypatch.setattr(fast, "FEW_ROWS", 0)
     rows = model.forward(**batch)
     tol = 1e-13 if dtype == "float64" else 1e-5

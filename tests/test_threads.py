@@ -28,6 +28,38 @@ def test_run_keeps_order_and_uses_the_pool(n_threads, monkeypatch):
     assert sum(n.startswith("bge_ref") for n in names) == n_threads - 1
 
 
+def test_pool_threads_take_parts_after_polling_and_after_blocking(monkeypatch):
+    """A pool thread polls the queue for SPIN_SECONDS after its part, then blocks: a run right after
+    another and one long after both get their parts taken by it."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+
+    def names():
+        seen = set()
+        threads.run(lambda i: seen.add(threading.current_thread().name) or time.sleep(0.002), [(i,) for i in range(8)])
+        return seen
+    assert len(names()) == 2 and len(names()) == 2       # the helper still polling
+    time.sleep(5 * threads.SPIN_SECONDS)
+    assert len(names()) == 2                             # the helper woken from its blocking wait
+
+
+def test_pool_is_made_again_in_a_forked_child(monkeypatch):
+    """Threads do not survive fork: a child process (multiprocessing's fork start method, Ray's
+    workers) gets a pool of its own instead of queueing parts for threads that are not there."""
+    import multiprocessing
+    monkeypatch.setattr(threads, "THREADS", 2)
+    threads.run(lambda i: i, [(0,), (1,)])               # the parent's pool exists
+    child = multiprocessing.get_context("fork").Process(target=_run_and_exit)
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+
+
+def _run_and_exit():
+    os._exit(0 if threads.run(lambda i: i * 2, [(i,) for i in range(4)]) == [0, 2, 4, 6] else 1)
+
+
 def test_run_raises_the_first_error_in_argument_order(monkeypatch):
     monkeypatch.setattr(threads, "THREADS", 2)
 
