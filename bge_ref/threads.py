@@ -6,9 +6,9 @@ attention heads) with BLAS single-threaded inside (`split`), from fast.FEW_ROWS 
 fewer, its share of the heads and FFN columns; for small weights or a single query the BLAS's
 threads share each matmul instead); checkpoint.py checks and copies several layers at once. The
 calling thread takes a part too, and waits for the others by polling, as the pool's threads wait
-for the next part (SPIN_SECONDS). Not in parallel: the GIL. Each NumPy call takes it back when its loop ends,
-and waits while another thread holds it, so work made of many short calls (the GELU, LayerNorm)
-gains less from a second thread than a matmul does (benchmarks/breakdown.py).
+for the next part (SPIN_SECONDS). Not in parallel: the GIL. Each NumPy call takes it back when its
+loop ends, and waits while another thread holds it, so work made of many short calls (the GELU,
+LayerNorm) gains less from a second thread than a matmul does (benchmarks/breakdown.py).
 $BGE_REF_THREADS sets the pool's size.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ class _Pool:
 
     def _loop(self):
         while True:
-            _polled(lambda: not self.tasks.empty())
+            _polled(lambda: not self.tasks.empty())       # then get() blocks, if nothing came
             self.tasks.get()()
 
 
@@ -122,7 +122,8 @@ def run(fn, args_list, parallel=True):
     for _ in range(helpers):
         tasks.put(helper)
     work()
-    _polled(done.is_set) or done.wait()
+    if not _polled(done.is_set):
+        done.wait()
     if errors:
         raise errors[min(errors)]
     return results
