@@ -480,7 +480,8 @@ BY_HEADS_WEIGHTS = 1 << 20
 # gemm's BLAS threads. A/B of encode() at bge-large size, layer_by_heads / gemm's BLAS threads, Intel
 # Xeon, medians of 12-20 alternating rounds: OpenBLAS's Haswell kernel 1.08-1.10x the time at 11
 # rows, 1.07x at 16, 1.03x at 20; its SkylakeX kernel 0.98-1.0x at 11 and 20 rows (noise), 4 queries
-# (44 rows) 0.94x and 1 passage 0.89x on SkylakeX, 0.96x and 0.94x on Haswell.
+# (44 rows) 0.94x and 1 passage 0.89x on SkylakeX, 0.96x and 0.94x on Haswell. Where the hypervisor
+# steals time, layer_by_heads loses more (benchmarks/layout_ab.py logs each call's stolen share).
 BY_HEADS_ROWS = 24
 # A block's scores stay within a core's L2 cache (4 MB on the benchmark machine): long sequences no
 # longer stream their (S, S) scores through memory (32 x 256 tokens, MiniLM heads: 42 ms -> 35 ms).
