@@ -57,14 +57,27 @@ def bge_large_dir() -> Path:
     return d
 
 
+def vocab_words() -> list[str]:
+    """The vocabulary's whole words of three letters or more: one wordpiece each."""
+    from bge_ref.testing.checkpoints import minilm_dir
+    return [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 2]
+
+
 def texts(kind, n, seed=0) -> list[str]:
     """n distinct short queries, or n passages of ~128 tokens, from the vocabulary's whole words."""
-    from bge_ref.testing.checkpoints import minilm_dir
-    words = [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 2]
+    words = vocab_words()
     rng = np.random.default_rng(seed)
     if kind == "query":
         return [QUERY if i == 0 else " ".join(rng.choice(words, 8)) + "?" for i in range(n)]
     return [" ".join(rng.choice(words, 125)) + "." for _ in range(n)]  # 128 tokens: one wordpiece a word
+
+
+def transformers_cls(hf, tok, batch):
+    """The peer's encode(): transformers' tokenizer and BertModel, [CLS], L2-normalized."""
+    import torch
+    with torch.inference_mode():
+        enc = tok(batch, padding=True, truncation=True, return_tensors="pt")
+        return torch.nn.functional.normalize(hf(**enc).last_hidden_state[:, 0], dim=-1)
 
 
 def best(fns: dict, repeat: int) -> dict:
@@ -133,12 +146,7 @@ def bge_large_rows(repeat, counts, baseline=False) -> list[dict]:
     tok = AutoTokenizer.from_pretrained(path)
 
     def theirs(batch):
-        def run():
-            with torch.inference_mode():
-                enc = tok(batch, padding=True, truncation=True, return_tensors="pt")
-                cls = hf(**enc).last_hidden_state[:, 0]
-                return torch.nn.functional.normalize(cls, dim=-1)
-        return run
+        return lambda: transformers_cls(hf, tok, batch)
 
     rows = []
     for kind in ("query", "passage"):

@@ -24,22 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bge_ref  # noqa: E402  (first: bge_ref sets OpenBLAS's thread timeout before NumPy loads it)
 import numpy as np  # noqa: E402
 from bge_ref import fast  # noqa: E402
-from latency import bge_large_dir, texts  # noqa: E402
-
-
-def stolen() -> list[int]:
-    """/proc/stat's first line (jiffies of every core: user, nice, system, idle, iowait, irq, softirq, steal, ...)."""
-    with open("/proc/stat") as f:
-        return [int(v) for v in f.readline().split()[1:]]
+from latency import bge_large_dir, texts, transformers_cls, vocab_words  # noqa: E402
+from peer_profile import cpu_times, shares  # noqa: E402
 
 
 def timed(fn) -> tuple[float, float]:
-    """(seconds, share of the cores' time stolen meanwhile) of one call."""
-    a, t = stolen(), time.perf_counter()
+    """(seconds, share of the cores' time stolen meanwhile: 0 where /proc/stat is missing) of one call."""
+    a, t = cpu_times(), time.perf_counter()
     fn()
-    dt, b = time.perf_counter() - t, stolen()
-    d = [y - x for x, y in zip(a, b)]
-    return dt, d[7] / max(1, sum(d))
+    dt, split = time.perf_counter() - t, shares(a, cpu_times())
+    return dt, split[2] if split else 0.0
 
 
 def layout(name):
@@ -48,10 +42,10 @@ def layout(name):
     fast.BY_HEADS_WEIGHTS, fast.BY_HEADS_ROWS = (0, 0) if heads else (1 << 62, 0)
 
 
-def batch_of(kind, n, words):
+def batch_of(kind, n):
     """n texts: `rows` gives one text of n token rows (one wordpiece a word), else latency.py's workloads."""
     if kind == "rows":
-        return [" ".join(np.random.default_rng(1).choice(words, n - 2))]
+        return [" ".join(np.random.default_rng(1).choice(vocab_words(), n - 2))]
     return texts(kind, n)
 
 
@@ -66,14 +60,12 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     from transformers import AutoTokenizer, BertModel
-    from bge_ref.testing.checkpoints import minilm_dir
 
     torch.set_num_threads(args.threads)
     path = bge_large_dir()
     ours = bge_ref.load(path)
     hf = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    words = [w for w in (minilm_dir() / "vocab.txt").read_text().split() if w.isalpha() and len(w) > 2]
     work = [(kind, int(n)) for kind, given in (("rows", args.rows), ("query", args.queries), ("passage", args.passages))
             for n in given.split(",") if n.strip()] or [("query", 1), ("query", 4), ("passage", 1)]
     saved = fast.BY_HEADS_WEIGHTS, fast.BY_HEADS_ROWS
@@ -81,20 +73,15 @@ def main() -> None:
     print(f"{found[1].strip() if found else 'BLAS: not OpenBLAS'}; bge_ref threads {bge_ref.threads.THREADS}, torch {args.threads}")
     try:
         for kind, n in work:
-            batch = batch_of(kind, n, words)
-
-            def theirs():
-                with torch.inference_mode():
-                    enc = tok(batch, padding=True, truncation=True, return_tensors="pt")
-                    return torch.nn.functional.normalize(hf(**enc).last_hidden_state[:, 0], dim=-1)
+            batch = batch_of(kind, n)
 
             def ours_in(name):
                 layout(name)
                 return ours.encode(batch, batch_size=32)
             calls = {"layer_by_heads": lambda: ours_in("layer_by_heads"), "gemm": lambda: ours_in("gemm"),
-                     "transformers": theirs}
+                     "transformers": lambda: transformers_cls(hf, tok, batch)}
             assert np.abs(calls["layer_by_heads"]() - calls["gemm"]()).max() < 1e-5  # and a warm-up
-            theirs()
+            calls["transformers"]()
             names, res = list(calls), {k: [] for k in calls}
             for r in range(args.rounds):
                 for k in names[r % 3:] + names[:r % 3]:
