@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,14 +24,12 @@ import bge_ref  # noqa: E402  (first: bge_ref sets OpenBLAS's thread timeout bef
 import numpy as np  # noqa: E402
 from bge_ref import fast  # noqa: E402
 from latency import bge_large_dir, texts, transformers_cls, vocab_words  # noqa: E402
-from peer_profile import cpu_times, shares  # noqa: E402
+from peer_profile import timed as peer_timed  # noqa: E402
 
 
 def timed(fn) -> tuple[float, float]:
     """(seconds, share of the cores' time stolen meanwhile: 0 where /proc/stat is missing) of one call."""
-    a, t = cpu_times(), time.perf_counter()
-    fn()
-    dt, split = time.perf_counter() - t, shares(a, cpu_times())
+    dt, split = peer_timed(fn)
     return dt, split[2] if split else 0.0
 
 

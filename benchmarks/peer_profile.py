@@ -105,6 +105,13 @@ def shares(before, after) -> tuple[float, float, float] | None:
     return (user + nice + system + irq + softirq) / total, (idle + iowait) / total, steal / total
 
 
+def timed(fn) -> tuple[float, tuple[float, float, float] | None]:
+    """(seconds, (busy, idle, stolen) shares of the cores meanwhile, or None without /proc/stat) of fn()."""
+    before, t = cpu_times(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t, shares(before, cpu_times())
+
+
 def two_threads(model, st, texts, repeat) -> dict:
     """On two threads each, alternating: {side: (seconds, (busy, idle, stolen) shares of the machine's
     cores during that run)} of each side's fastest run. Idle is time no thread of the process could
@@ -115,9 +122,7 @@ def two_threads(model, st, texts, repeat) -> dict:
     best = {"bge_ref": (float("inf"), None), "peer": (float("inf"), None)}
     for _ in range(repeat):
         for side, fn in (("bge_ref", model.encode), ("peer", st.encode)):
-            before, t = cpu_times(), time.perf_counter()
-            fn(texts, batch_size=32)
-            run = (time.perf_counter() - t, shares(before, cpu_times()))
+            run = timed(lambda: fn(texts, batch_size=32))
             best[side] = min(best[side], run, key=lambda r: r[0])
     return best
 
