@@ -6,6 +6,11 @@ corpus job (rows they have tokenized, measured and grouped themselves). It sorts
 cuts them into batches (`plan_batches`), pads each batch to its longest row, runs the forward,
 pools, normalizes and puts the vectors back in the rows' order. A non-finite vector is never
 returned: it is a NumericalError naming the rows.
+
+Where the fast forward would give each core its own sequences of a batch (fast.sequence_groups),
+those groups of every batch are run as one list on bge_ref's threads (threads.run_split): a core
+that finishes its group takes the next, of whichever batch, instead of waiting for the other core at
+the end of each batch. The vectors are the same bits either way (tests/test_batching.py).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import threads
 from .errors import NumericalError
 from .pooling import l2_normalize, pool
 
@@ -88,17 +94,31 @@ def embed_rows(model, rows: Sequence, pooling: str | Sequence[str], *, normalize
     ids = [row_ids(r) for r in rows]
     poolings = [pooling] * len(ids) if isinstance(pooling, str) else list(pooling)
     out = np.empty((len(ids), model.config.hidden_size), dtype=model.dtype)
-    for idx in plan_batches([len(r) for r in ids], max_batch_size, max_batch_tokens):
-        batch = pad([ids[i] for i in idx], model.config.pad_token_id)
-        pools = [poolings[i] for i in idx]
-        # A batch pooled by [CLS] alone needs only the [CLS] rows of the last layer (fast.bert).
+
+    def embed(idx, batch, pools, cls_only):
         hidden = model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                               cls_only=set(pools) == {"cls"})                       # (b, S, D) or (b, 1, D)
+                               cls_only=cls_only)                                    # (b, S, D) or (b, 1, D)
         vectors = _pool_rows(hidden, batch["attention_mask"], pools)                 # (b, D)
         vectors = l2_normalize(vectors) if normalize else vectors
         if check_finite:
             _check_finite(vectors, idx, name or (lambda i: f"rows[{i}]"))
         out[idx] = vectors
+
+    groups = []
+    for idx in plan_batches([len(r) for r in ids], max_batch_size, max_batch_tokens):
+        batch = pad([ids[i] for i in idx], model.config.pad_token_id)
+        pools = [poolings[i] for i in idx]
+        cls_only = set(pools) == {"cls"}    # the batch's [CLS] rows alone through the last layer (fast.bert)
+        parts = model.sequence_groups(batch["attention_mask"])
+        if not parts:                       # the forward shares each layer between the cores
+            embed(idx, batch, pools, cls_only)
+        groups += [(idx[g], {k: v[g] for k, v in batch.items()}, pools[g], cls_only) for g in parts]
+    # Each group runs every layer on one core, its rows computed as in its whole batch. Taken from one
+    # list, the groups of every batch keep both cores busy to the end instead of meeting after each
+    # batch; longest first, so the shortest fill in last.
+    if groups:
+        groups.sort(key=lambda g: -int(g[1]["attention_mask"].sum()))
+        threads.run_split(embed, groups)
     return out
 
 

@@ -156,6 +156,12 @@ class Embedder:
                                                    self.config, output_hidden_states, **kw)
         return (last, states) if output_hidden_states else last
 
+    def sequence_groups(self, attention_mask: np.ndarray) -> list[slice]:
+        """The batch's sequences as the fast forward shares them between the cores (each core every
+        layer on its own group: fast.sequence_groups), or [] where it shares each layer instead, and
+        for the reference forward. forward() on a group alone gives its rows the same bits."""
+        return fast.sequence_groups(attention_mask, self.params) if self.forward_path == "fast" else []
+
     def _ids(self, name, a, upper, like=None):
         try:
             a = np.asarray(a)

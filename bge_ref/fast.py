@@ -11,7 +11,8 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   elementwise work runs on every core, and no core waits for the other between two matmuls: one
   core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
   With several sequences, each core takes whole sequences and runs every layer on them (`encoder`):
-  no core waits for another between layers either. Below FEW_ROWS token rows (a query, a few
+  no core waits for another between layers either, nor, when a caller runs the groups of many
+  batches as one list (`sequence_groups`, batching.embed_rows), between batches. Below FEW_ROWS token rows (a query, a few
   texts, a passage) the forward is bound by reading the weights, and that layout would have every
   core stream every weight matrix: there each core takes a share of the heads and of the FFN's
   intermediate columns instead, and reads only its share of each weight (`layer_by_heads`); small
@@ -48,7 +49,8 @@ from .erf import gelu_fast
 from .errors import InputError
 
 __all__ = ["linear", "layer_norm", "attention", "self_attention", "attention_output", "intermediate", "output",
-           "layer", "layer_by_heads", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked"]
+           "layer", "layer_by_heads", "cls_layer", "encoder", "bert", "embeddings", "packed", "unpacked",
+           "sequence_groups"]
 
 
 def linear(x, w, b, out=None, whole=None):
@@ -330,15 +332,39 @@ def encoder(x, runs, layers, config: BertConfig, output_hidden_states=False, cls
     (`sequence_parts`): no core waits for another between layers, and the cores drift out of step,
     so one's GELU and LayerNorm (short NumPy calls, each ending in a wait for the GIL while the other
     core's thread holds it) meet the other's matmuls rather than its own GELU."""
-    parts = sequence_parts(runs, threads.THREADS) if len(x) >= FEW_ROWS and _same_dtype(layers, x) else []
-    if len(parts) > 1:
-        with threads.split() as n:
-            if n > 1:
-                done = threads.run(lambda rows, r: _layers(x[rows], r, layers, config, output_hidden_states, cls_only),
-                                   parts)
-                states = [np.concatenate(s) for s in zip(*(d[1] for d in done))] if output_hidden_states else None
-                return np.concatenate([d[0] for d in done]), states  # (N, D) or (n_sequences, D)
+    parts = own_sequences(runs, len(x), layers, x.dtype)
+    if parts:
+        done = threads.run_split(lambda rows, r: _layers(x[rows], r, layers, config, output_hidden_states, cls_only),
+                                 parts)
+        states = [np.concatenate(s) for s in zip(*(d[1] for d in done))] if output_hidden_states else None
+        return np.concatenate([d[0] for d in done]), states  # (N, D) or (n_sequences, D)
     return _layers(x, runs, layers, config, output_hidden_states, cls_only)
+
+
+def own_sequences(runs, n_rows, layers, dtype):
+    """encoder()'s rule: the sequence parts (`sequence_parts`) each core runs every layer on, or []
+    where each layer is shared between the cores instead: fewer than FEW_ROWS rows, sequences that
+    do not split evenly, float16 weights (each core would widen them for itself), or one thread."""
+    if n_rows < FEW_ROWS or not _same_dtype(layers, dtype) or not threads.can_split():
+        return []
+    parts = sequence_parts(runs, threads.THREADS)
+    return parts if len(parts) > 1 else []
+
+
+def sequence_groups(attention_mask, params) -> list[slice]:
+    """The batch's sequences, as ranges of its rows in order, that bert() would give each core (every
+    layer on its own sequences: `encoder`), or [] where it would not split the batch so. bert() on
+    one group's rows alone computes them bit for bit as bert() on the whole batch does, so a caller
+    may run the groups of many batches as one list of parts, and no core waits for the other at the
+    end of each batch (batching.embed_rows). Every sequence is in one group."""
+    mask = np.asarray(attention_mask).astype(bool)           # (B, S)
+    _, runs = packed(mask)
+    ends = np.cumsum(mask.sum(axis=1))                       # the packed row after each sequence
+    parts = own_sequences(runs, int(ends[-1]), params["layers"], params["embeddings"]["word"].dtype)
+    if not parts:
+        return []
+    bounds = [0, *(int(np.searchsorted(ends, rows.start, side="right")) for rows, _ in parts[1:]), len(mask)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _layers(x, runs, layers, config, output_hidden_states, cls_only):
@@ -370,10 +396,10 @@ def sequence_parts(runs, parts):
             for (a, b), (r0, r1) in zip(zip(bounds, bounds[1:]), zip(rows, rows[1:]))]
 
 
-def _same_dtype(layers, x):
+def _same_dtype(layers, dtype):
     """True if the weights are stored in the compute dtype: float16 weights are widened once per
     layer, which each core would otherwise do for itself."""
-    return all(p["inter"]["dense"]["w"].dtype == x.dtype for p in layers)
+    return all(p["inter"]["dense"]["w"].dtype == dtype for p in layers)
 
 
 def bert(input_ids, attention_mask, token_type_ids, params, config: BertConfig, output_hidden_states=False,

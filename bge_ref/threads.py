@@ -142,6 +142,12 @@ def chunks(n, parts):
 
 def blas_single_threaded():
     """A context with BLAS on one thread (threadpoolctl), or None if that cannot be controlled."""
+    controller = _controller()
+    return controller.limit(limits=1, user_api="blas") if controller else None
+
+
+def _controller():
+    """threadpoolctl's controller of this process's thread pools, or False without threadpoolctl."""
     global _blas_controller
     if _blas_controller is None:
         try:
@@ -149,7 +155,13 @@ def blas_single_threaded():
             _blas_controller = ThreadpoolController()
         except ImportError:
             _blas_controller = False
-    return _blas_controller.limit(limits=1, user_api="blas") if _blas_controller else None
+    return _blas_controller
+
+
+def can_split() -> bool:
+    """True if split() here would give THREADS > 1 parts: more than one thread, BLAS limitable to one
+    thread (threadpoolctl), and not inside a part already."""
+    return THREADS > 1 and not in_part() and bool(_controller())
 
 
 @contextmanager
@@ -166,6 +178,12 @@ def split():
     limit = blas_single_threaded() if THREADS > 1 else None
     with blas_limit_lock, limit or nullcontext():
         yield THREADS if limit is not None else 1
+
+
+def run_split(fn, args_list):
+    """run(fn, args_list) inside split(): each part on its own thread with BLAS single-threaded."""
+    with split() as parts:
+        return run(fn, args_list, parts > 1)
 
 
 @contextmanager

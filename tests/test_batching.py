@@ -92,6 +92,35 @@ def test_cls_pooled_batches_compute_only_the_cls_rows_of_the_last_layer(model, m
     np.testing.assert_allclose(cls, embed_rows(model, rows, "cls"), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean", (["cls"] * 4 + ["mean"] * 4) * 4])
+def test_groups_of_every_batch_run_as_one_list_bit_for_bit(model, monkeypatch, pooling):
+    """Batches the fast forward splits by sequences (each core every layer on its own: fast.encoder)
+    are cut into those groups up front, and the groups of every batch run as one list on the pool's
+    threads, longest first: the vectors are those of one forward per batch, bit for bit."""
+    import threading
+
+    from bge_ref import fast, threads
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(fast, "FEW_ROWS", 0)
+    texts = [" ".join(["word"] * (3 + i // 4)) for i in range(32)]  # in length order: batches of 8 in a row
+    rows = model.token_ids(texts)
+    forward, calls = model.forward, []
+
+    def recorded(*a, **k):
+        calls.append((threading.current_thread(), int(np.asarray(a[1]).sum()), len(a[0])))
+        return forward(*a, **k)
+    monkeypatch.setattr(model, "forward", recorded)
+    grouped = embed_rows(model, rows, pooling, max_batch_size=8)
+    assert len(calls) == 8 and sum(b for _, _, b in calls) == 32         # 4 batches of 8 texts, 2 groups each
+    assert len({t for t, _, _ in calls}) == 2                            # the caller and a pool thread
+    assert [n for _, n, _ in calls][:2] == sorted((n for _, n, _ in calls), reverse=True)[:2]  # longest first
+    calls.clear()
+    monkeypatch.setattr(model, "sequence_groups", lambda mask: [])       # one forward per batch, as before
+    whole = embed_rows(model, rows, pooling, max_batch_size=8)
+    assert len(calls) == 4
+    np.testing.assert_array_equal(grouped, whole)
+
+
 def test_encodings_or_id_lists(model):
     encodings = model.tokenizer.encode(TEXTS)
     np.testing.assert_array_equal(embed_rows(model, encodings, "cls"), embed_rows(model, [e.ids for e in encodings], "cls"))

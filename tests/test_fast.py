@@ -139,6 +139,32 @@ def test_sequence_parts_are_whole_sequences_balanced_by_tokens():
     assert fast.sequence_parts([], 2) == []
 
 
+def test_sequence_groups_are_the_sequence_parts_as_ranges_of_sequences(tiny, monkeypatch):
+    """fast.sequence_groups: the batch's sequences as encoder() would give each core its own, every
+    sequence in one group (an empty one too), [] wherever encoder() shares each layer instead."""
+    params = bge_ref.load(tiny[0]).params
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(fast, "FEW_ROWS", 0)
+    mask = np.ones((8, 16), np.int64)
+    assert fast.sequence_groups(mask, params) == [slice(0, 4), slice(4, 8)]
+    mask = np.ones((9, 16), np.int64)
+    mask[2] = 0                                              # a row of padding only: it has no tokens
+    groups = fast.sequence_groups(mask, params)
+    assert groups == [slice(0, 5), slice(5, 9)]              # 64 tokens each; the empty row in the first
+    _, runs = fast.packed(mask)
+    assert [int(mask[g].sum()) for g in groups] == [rows.stop - rows.start for rows, _ in fast.sequence_parts(runs, 2)]
+    assert fast.sequence_groups(np.ones((3, 16)), params) == []          # 32 + 16 tokens: not even
+    monkeypatch.setattr(fast, "FEW_ROWS", 256)
+    assert fast.sequence_groups(np.ones((8, 16)), params) == []          # few rows: each layer is shared
+    monkeypatch.setattr(fast, "FEW_ROWS", 0)
+    monkeypatch.setattr(threads, "THREADS", 1)
+    assert fast.sequence_groups(np.ones((8, 16)), params) == []          # one thread
+    monkeypatch.setattr(threads, "THREADS", 2)
+    half = bge_ref.load(tiny[0], weights_dtype="float16")
+    assert half.sequence_groups(np.ones((8, 16))) == []                  # float16 weights
+    assert bge_ref.load(tiny[0], forward="reference").sequence_groups(np.ones((8, 16))) == []
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sequence_split_and_row_split_agree(minilm_path, dtype, monkeypatch):
     """Many rows in several sequences: each core runs every layer on its own sequences (in the pool's
