@@ -88,8 +88,9 @@ def run(fn, args_list, parallel=True):
     split, parallel is False, or this is itself a part of a run: the pool's threads are busy with
     the other parts, and one waiting for a helper it queued behind itself would never return). This
     thread takes parts too, rather than only waiting: one wake-up fewer per split (a forward of many
-    rows splits three times a layer). Every part has run when it returns, or raises the first error
-    in argument order."""
+    rows splits three times a layer). Every part has run when it returns; once one has raised, no
+    thread takes another (a Ctrl-C stops a long list after the parts under way), and the first error
+    in argument order is raised when those have ended."""
     if THREADS == 1 or len(args_list) <= 1 or not parallel or in_part():
         return [fn(*args) for args in args_list]
     results, errors = [None] * len(args_list), {}
@@ -100,7 +101,7 @@ def run(fn, args_list, parallel=True):
     def work():                                          # take the next part until none is left
         while True:
             with lock:
-                i = next(todo, None)
+                i = None if errors else next(todo, None)
             if i is None:
                 return
             _local.in_part = True

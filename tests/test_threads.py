@@ -71,6 +71,22 @@ def test_run_raises_the_first_error_in_argument_order(monkeypatch):
         threads.run(fail_on, [(i,) for i in range(10)])
 
 
+def test_no_part_is_taken_after_one_has_failed(monkeypatch):
+    """A Ctrl-C (or any error) in a long list of parts (embed_rows runs a whole encode() chunk as one)
+    stops it after the parts already under way, not at its end."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    ran = []
+
+    def part(i):
+        ran.append(i)
+        if i == 2:
+            raise KeyboardInterrupt
+        time.sleep(0.01)
+    with pytest.raises(KeyboardInterrupt):
+        threads.run(part, [(i,) for i in range(50)])
+    assert 2 in ran and len(ran) <= 4
+
+
 @pytest.mark.parametrize("n, parts", [(0, 2), (1, 2), (2, 2), (7, 2), (10, 3), (5, 8)])
 def test_chunks_cover_the_range_once(n, parts):
     slices = threads.chunks(n, parts)
