@@ -12,12 +12,13 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   core's GELU overlaps the other's matmul. Attention takes whole (sequence, head) blocks instead.
   With several sequences, each core takes whole sequences and runs every layer on them (`encoder`):
   no core waits for another between layers either, nor, when a caller runs the groups of many
-  batches as one list (`sequence_groups`, batching.embed_rows), between batches. Below FEW_ROWS token rows (a query, a few
-  texts, a passage) the forward is bound by reading the weights, and that layout would have every
-  core stream every weight matrix: there each core takes a share of the heads and of the FFN's
-  intermediate columns instead, and reads only its share of each weight (`layer_by_heads`); small
-  weights (MiniLM's) and a single query leave each projection to gemm.py, whose BLAS calls split
-  the output between the BLAS's own threads, and the rest runs in the calling thread;
+  batches as one list (`sequence_groups`, batching.embed_rows), between batches. Below FEW_ROWS
+  token rows (a query, a few texts, a passage) the forward is bound by reading the weights, and
+  that layout would have every core stream every weight matrix: there each core takes a share of
+  the heads and of the FFN's intermediate columns instead, and reads only its share of each weight
+  (`layer_by_heads`); small weights (MiniLM's) and a single query leave each projection to gemm.py,
+  whose BLAS calls split the output between the BLAS's own threads, and the rest runs in the
+  calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;
 - every projection is one 2-D matmul over many tokens (a (B, S, D) @ (D, F) matmul is a loop of B
@@ -360,7 +361,8 @@ def sequence_groups(attention_mask, params) -> list[slice]:
     mask = np.asarray(attention_mask).astype(bool)           # (B, S)
     _, runs = packed(mask)
     ends = np.cumsum(mask.sum(axis=1))                       # the packed row after each sequence
-    parts = own_sequences(runs, int(ends[-1]), params["layers"], params["embeddings"]["word"].dtype)
+    n_rows = int(ends[-1]) if len(ends) else 0
+    parts = own_sequences(runs, n_rows, params["layers"], params["embeddings"]["word"].dtype)
     if not parts:
         return []
     bounds = [0, *(int(np.searchsorted(ends, rows.start, side="right")) for rows, _ in parts[1:]), len(mask)]

@@ -154,6 +154,7 @@ def test_sequence_groups_are_the_sequence_parts_as_ranges_of_sequences(tiny, mon
     _, runs = fast.packed(mask)
     assert [int(mask[g].sum()) for g in groups] == [rows.stop - rows.start for rows, _ in fast.sequence_parts(runs, 2)]
     assert fast.sequence_groups(np.ones((3, 16)), params) == []          # 32 + 16 tokens: not even
+    assert fast.sequence_groups(np.ones((0, 16)), params) == []          # no sequences
     monkeypatch.setattr(fast, "FEW_ROWS", 256)
     assert fast.sequence_groups(np.ones((8, 16)), params) == []          # few rows: each layer is shared
     monkeypatch.setattr(fast, "FEW_ROWS", 0)
