@@ -108,8 +108,11 @@ def _wait_until_idle(p, timeout=60.0):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(minilm_path):
+    # SIGINT as a terminal leaves it: a runner started in the background (`cmd &` in a script)
+    # passes SIGINT down ignored, and Python keeps an ignored SIGINT ignored.
     p = subprocess.Popen([BGE_REF, "embed", "--model", str(minilm_path)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         p.stdin.write(b"a text, and stdin never ends\n")
         p.stdin.flush()
