@@ -358,14 +358,13 @@ def sequence_groups(attention_mask, params) -> list[slice]:
     one group's rows alone computes them bit for bit as bert() on the whole batch does, so a caller
     may run the groups of many batches as one list of parts, and no core waits for the other at the
     end of each batch (batching.embed_rows). Every sequence is in one group."""
-    mask = np.asarray(attention_mask).astype(bool)           # (B, S)
-    _, runs = packed(mask)
-    ends = np.cumsum(mask.sum(axis=1))                       # the packed row after each sequence
+    lengths = np.asarray(attention_mask).astype(bool).sum(axis=1)  # (B,) real tokens per sequence
+    ends = np.cumsum(lengths)                                # the packed row after each sequence
     n_rows = int(ends[-1]) if len(ends) else 0
-    parts = own_sequences(runs, n_rows, params["layers"], params["embeddings"]["word"].dtype)
+    parts = own_sequences(runs_of(lengths.tolist()), n_rows, params["layers"], params["embeddings"]["word"].dtype)
     if not parts:
         return []
-    bounds = [0, *(int(np.searchsorted(ends, rows.start, side="right")) for rows, _ in parts[1:]), len(mask)]
+    bounds = [0, *(int(np.searchsorted(ends, rows.start, side="right")) for rows, _ in parts[1:]), len(lengths)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
