@@ -6,6 +6,8 @@
     python benchmarks/latency.py --layouts                              # and the thread layout by rows
     OPENBLAS_CORETYPE=Haswell python benchmarks/latency.py \
         --write-docs docs/reports/latency-haswell.md                    # OpenBLAS's AVX2 kernel
+    python benchmarks/latency.py --write-docs docs/reports/latency-epyc.md  # the same on an AMD EPYC
+        (and latency-epyc-haswell.md): each report names its CPU, kernel and OPENBLAS_* settings
 
 Peers, on the same number of threads (--threads, default 2):
 - bge-large size (a seeded random 24 x 1024 checkpoint with bge-large-en-v1.5's exact config and
@@ -18,17 +20,21 @@ Peers, on the same number of threads (--threads, default 2):
   the goal leaves for everything else, against what it takes now.
 - all-MiniLM-L6-v2 (real weights): `encode(texts)` against sentence-transformers' `encode`, and the
   mixed-length 1000-text corpus of benchmarks/bench.py (batch size 32 both).
-Every cell is the best of --repeat calls, the peers alternating; a ratio > 1 means bge_ref is faster.
+Every cell is the best of --repeat calls (more for quick calls: ROUND_SECONDS), the peers alternating; a ratio > 1 means bge_ref is faster.
 The load average before and after is printed: on a shared machine, read the ratios.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import sys
 import time
 from pathlib import Path
+
+# The OpenBLAS settings this run was given (before bge_ref adds its own thread timeout): the report names them.
+OPENBLAS_ENV = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_"))
 
 import bge_ref  # noqa: E402  (before NumPy: OpenBLAS's idle-thread timeout as in the forward)
 import numpy as np  # noqa: E402
@@ -41,6 +47,9 @@ COUNTS = (1, 4, 32)
 GOALS = {("bge-large", "query", 1): 0.8, ("bge-large", "query", 4): 0.8, ("bge-large", "passage", 1): 0.8,
          ("bge-large", "8x128 forward", 8): 0.8, ("MiniLM", "corpus", 1000): 0.8}
 BARE_GOAL = 1.15  # one short query: at most this many times the bare BLAS time of its projections
+# A workload's rounds go on until they have taken about this long, up to MAX_ROUNDS: one bge-large
+# query's round (bge_ref, its peer and the projections alone) takes about 0.5 s, a MiniLM query's 20 ms.
+ROUND_SECONDS, MAX_ROUNDS = 5.0, 15
 
 
 def cache_dir() -> Path:
@@ -81,11 +90,14 @@ def transformers_cls(hf, tok, batch):
 
 
 def best(fns: dict, repeat: int) -> dict:
-    """{name: best seconds}, every fn run once per round (after one warm-up round), rounds interleaved."""
+    """{name: best seconds}, every fn run once per round (after one warm-up round), rounds interleaved:
+    `repeat` rounds, or more for quick calls (ROUND_SECONDS), whose best of 3 varies by 10-40% here."""
+    started = time.perf_counter()
     for fn in fns.values():
         fn()
+    warm = time.perf_counter() - started
     times = {k: [] for k in fns}
-    for _ in range(repeat):
+    for _ in range(max(repeat, min(MAX_ROUNDS, math.ceil(ROUND_SECONDS / max(warm, 1e-9))))):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
@@ -315,16 +327,16 @@ def main():
     after = os.getloadavg()
     cmd = "python benchmarks/latency.py" + "".join(
         f" {a}" for a in sys.argv[1:] if not a.startswith("--write-docs") and a != args.write_docs)
-    kernel = os.environ.get("OPENBLAS_CORETYPE")
     lines = [
         "# Latency: bge_ref against transformers and sentence-transformers",
         "",
-        f"Generated {started:%Y-%m-%d %H:%M} UTC by `{cmd}`{f' with OPENBLAS_CORETYPE={kernel}' if kernel else ''}.",
+        f"Generated {started:%Y-%m-%d %H:%M} UTC by `{cmd}`{f' with {OPENBLAS_ENV}' if OPENBLAS_ENV else ''}.",
         "",
         f"- CPU: **{cpu()}**, {os.cpu_count()} cores visible",
         f"- NumPy {np.__version__} with {numpy_blas()}; torch {torch.__version__}",
         f"- threads: bge_ref {threads.THREADS}, torch {torch.get_num_threads()}",
-        f"- load average (1 min) before {load[0]:.2f}, after {after[0]:.2f}; best of {args.repeat} calls, "
+        f"- load average (1 min) before {load[0]:.2f}, after {after[0]:.2f}; best of {args.repeat} calls "
+        f"or more (quick calls are repeated for about {ROUND_SECONDS:.0f} s a workload, at most {MAX_ROUNDS} times), "
         "peers alternating",
         "",
         "Speed vs peer is the peer's time over bge_ref's (above 1: bge_ref is faster). bge-large size is a "

@@ -63,6 +63,22 @@ def test_write_region_replaces_only_its_region(tmp_path, monkeypatch):
 
 
 @pytest.mark.quick
+def test_reports_name_the_cpu_by_family_model_and_vector_units(tmp_path):
+    """A virtual machine's model name alone ("AMD EPYC") does not tell one CPU generation from another."""
+    info = tmp_path / "cpuinfo"
+    entry = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n" \
+            "flags\t\t: fpu avx2 avx512f avx512bw\n"
+    info.write_text(entry.format(n=0) + "\n" + entry.format(n=1).replace("AMD EPYC", "other"), encoding="utf-8")
+    assert regions().cpu(info) == "AMD EPYC (family 26, model 2, AVX-512)"
+    info.write_text("model name\t: Intel(R) Xeon(R) Processor\ncpu family\t: 6\nmodel\t\t: 143\n"
+                    "flags\t\t: avx512f amx_tile amx_int8\n", encoding="utf-8")
+    assert regions().cpu(info) == "Intel(R) Xeon(R) Processor (family 6, model 143, AVX-512, AMX)"
+    info.write_text("model name\t: Some CPU\n", encoding="utf-8")
+    assert regions().cpu(info) == "Some CPU"
+    assert regions().cpu(tmp_path / "missing")                # falls back to the platform's name
+
+
+@pytest.mark.quick
 def test_cli_reference_lists_every_subcommand_and_flag():
     from bge_ref.cli import parser
     p = parser()

@@ -32,11 +32,22 @@ PAGES = {
 }
 
 
-def cpu() -> str:
+def cpu(cpuinfo="/proc/cpuinfo") -> str:
+    """The CPU's model name, with its family and model numbers and whether it has AVX-512 and AMX: a
+    virtual machine often reports only "AMD EPYC" or "Intel(R) Xeon(R) Processor", and the ratios
+    against torch differ by CPU generation and by OpenBLAS kernel."""
     try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        with open(cpuinfo, encoding="utf-8") as f:
+            first = f.read().split("\n\n")[0]             # the first processor's entry
+    except OSError:
+        first = ""
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+    if "model name" not in info:
         return platform.processor() or platform.machine()
+    flags = info.get("flags", "").split()
+    details = [f"family {info['cpu family']}, model {info['model']}"] if "cpu family" in info and "model" in info else []
+    details += [name for flag, name in [("avx512f", "AVX-512"), ("amx_tile", "AMX")] if flag in flags]
+    return info["model name"] + (f" ({', '.join(details)})" if details else "")
 
 
 def numpy_blas_info() -> dict:
