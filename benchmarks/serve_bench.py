@@ -27,7 +27,6 @@ import base64
 import datetime
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 from bench import cache_dir, corpus  # benchmarks/bench.py, beside this file
-from bge_ref.testing.readme import write_region
+from bge_ref.testing.readme import machine, write_region
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,13 +251,9 @@ def main():
 
 
 def render(rows, goals, per_request, repeat, compared=(), rev=None) -> str:
-    import numpy as np
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
-        f"Measured {when} with `python benchmarks/serve_bench.py {' '.join(sys.argv[1:])}` on: {cpu}, "
-        f"{os.cpu_count()} cores visible; Python {platform.python_version()}, NumPy {np.__version__}. "
+        f"Measured {when} with `python benchmarks/serve_bench.py {' '.join(sys.argv[1:])}` on: {machine()}. "
         "Server and clients share the machine; on a shared machine absolute figures are noisy.",
         "",
         f"Texts: the corpus of benchmarks/bench.py (3 to 250 words), {per_request} per request, sent to "
