@@ -107,13 +107,23 @@ def test_groups_of_every_batch_run_as_one_list_bit_for_bit(model, monkeypatch, p
     forward, calls = model.forward, []
 
     def recorded(*a, **k):
-        calls.append((threading.current_thread(), int(np.asarray(a[1]).sum()), len(a[0])))
+        calls.append((threads.in_part(), int(np.asarray(a[1]).sum()), len(a[0]), threading.current_thread()))
         return forward(*a, **k)
     monkeypatch.setattr(model, "forward", recorded)
+    listed, run_split = [], threads.run_split
+
+    def recorded_list(fn, args_list):
+        listed.append([int(g[1]["attention_mask"].sum()) for g in args_list])
+        return run_split(fn, args_list)
+    monkeypatch.setattr(threads, "run_split", recorded_list)
     grouped = embed_rows(model, rows, pooling, max_batch_size=8)
-    assert len(calls) == 8 and sum(b for _, _, b in calls) == 32         # 4 batches of 8 texts, 2 groups each
-    assert len({t for t, _, _ in calls}) == 2                            # the caller and a pool thread
-    assert [n for _, n, _ in calls][:2] == sorted((n for _, n, _ in calls), reverse=True)[:2]  # longest first
+    monkeypatch.setattr(threads, "run_split", run_split)                 # fast.encoder's own splits, below
+    assert len(calls) == 8 and sum(b for _, _, b, _ in calls) == 32      # 4 batches of 8 texts, 2 groups each
+    # parts of one threads.run on the pool (the caller takes parts too, and may take them all when
+    # the forwards are this short and the helper is slow to wake), never more threads than THREADS
+    assert all(part for part, _, _, _ in calls) and len({t for *_, t in calls}) <= 2
+    assert len(listed) == 1 and listed[0] == sorted(listed[0], reverse=True) == sorted((n for _, n, _, _ in calls),
+                                                                               reverse=True)  # one list, longest first
     calls.clear()
     monkeypatch.setattr(model, "sequence_groups", lambda mask: [])       # one forward per batch, as before
     whole = embed_rows(model, rows, pooling, max_batch_size=8)
