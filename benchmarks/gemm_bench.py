@@ -114,13 +114,12 @@ def transposed_product(sgemm, x, w_t):
     (N, K), M = x.shape, w_t.shape[0]
     xa, wa = x.ctypes.data, w_t.ctypes.data
 
-    def into(acc):
+    def into(acc, spans, first):
         ca = acc.ctypes.data
-
-        def add(k0, k1, first):
+        for k0, k1 in spans:
             sgemm(gemm.ROW_MAJOR, gemm.NO_TRANS, gemm.TRANS, M, N, k1 - k0, 1.0, wa + 4 * k0, K, xa + 4 * k0, K,
                   0.0 if first else 1.0, ca, N)
-        return add
+            first = False
     return into
 
 

@@ -83,13 +83,14 @@ def matmul(x, w, out=None, accumulate=False, whole=None):
             out += np.matmul(x, w)
             return out
         return np.matmul(x, w, out=out)
-    x, w = _operand(x), _operand(w)                       # (N, K), (K, M) float32, rows or columns of unit stride
+    (x, lx), (w, lw) = _operand(x), _operand(w)          # (N, K), (K, M) float32, rows or columns of unit stride
     N, M = x.shape[0], w.shape[1]
-    y = out if out is not None and _writable_by_blas(out, x, w) else np.empty((N, M), np.float32)  # (N, M)
+    y = out if out is not None and _writable_by_blas(out, x, w) else np.empty((N, M), np.float32)  # (N, M) row-major
     if accumulate and y is not out:
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
-    product = _blas_product(sgemm, x, w) if sgemm is not None and _fits(sgemm, x, w, y) else _numpy_product(x, w)
+    fits = sgemm is not None and _dims_fit(sgemm, (*x.shape, lx[1], *w.shape, lw[1], *y.shape, y.strides[0] // 4))
+    product = _blas_product(sgemm, x, w, (lx, lw)) if fits else _numpy_product(x, w)
     chunked(x, w, y, product, accumulate, chunk_length(N, w.size if whole is None else whole))
     if out is None or out is y:
         return y
@@ -106,17 +107,15 @@ def chunk_length(rows, weights):
 
 
 def chunked(x, w, y, product, accumulate=False, chunk=CHUNK):
-    """y = x @ w (y += x @ w if accumulate) summed over K `chunk` columns at a time: product(acc)
-    gives add(k0, k1, first), which sets (first) or adds x[:, k0:k1] @ w[k0:k1] into acc, the
-    partial sum of the chunk's group; the groups' partial sums are added last."""
+    """y = x @ w (y += x @ w if accumulate) summed over K `chunk` columns at a time: product(acc,
+    spans, first) sets (first) or adds x[:, k0:k1] @ w[k0:k1] into acc for each (k0, k1) of spans in
+    turn, acc being the partial sum of the spans' group; the groups' partial sums are added last."""
     part = None
     for g, (g0, g1) in enumerate(groups(x.shape[1])):
         if g and part is None:
             part = np.empty(y.shape, np.float32)          # (N, M) the later groups' partial sum
-        add = product(y if g == 0 else part)
-        for k0 in range(g0, g1, chunk):
-            first = k0 == g0 and not (accumulate and g == 0)  # the first group adds to out's own values
-            add(k0, min(k0 + chunk, g1), first)           # (N, k) @ (k, M) into (N, M)
+        spans = [(k0, min(k0 + chunk, g1)) for k0 in range(g0, g1, chunk)]  # (N, k) @ (k, M) each
+        product(y if g == 0 else part, spans, not (accumulate and g == 0))  # the first group adds to out's own values
         if g:
             y += part                                     # (N, M)
 
@@ -127,39 +126,47 @@ def groups(K):
     return [(k, min(k + n, K)) for k in range(0, K, n)]
 
 
-def _blas_product(sgemm, x, w):
+def _blas_product(sgemm, x, w, layouts=None):
     """chunked()'s product through cblas_sgemm, one call per chunk: beta = 1 adds inside the kernel.
-    Layouts and addresses are worked out once per matmul, not per chunk: NumPy's `.ctypes.data`
-    takes about 1 us, and a query's forward makes 2,688 calls."""
+    Layouts, addresses and the arguments' ctypes objects are made once per matmul, not per chunk:
+    NumPy's `.ctypes.data` takes about 1 us and converting 14 Python numbers another 0.6, and a
+    query's forward makes 2,688 calls (bge-large size). `layouts`: _blas_layout of x and of w, if known."""
     (N, _), M = x.shape, w.shape[1]
-    (ta, lda), (tb, ldb) = _blas_layout(x), _blas_layout(w)
+    (ta, lda), (tb, ldb) = layouts or (_blas_layout(x), _blas_layout(w))
     xa, wa = x.ctypes.data, w.ctypes.data
     x_col = 4 if ta == NO_TRANS else 4 * lda              # bytes from one column of x to the next
     w_row = 4 * ldb if tb == NO_TRANS else 4              # bytes from one row of w to the next
+    i, p, f = sgemm.argtypes[3], ctypes.c_void_p, ctypes.c_float
+    head = (_ROW_MAJOR, _ENUMS[ta], _ENUMS[tb], i(N), i(M))
+    lda, ldb, one = i(lda), i(ldb), f(1.0)
+    lengths = {}                                          # chunk length -> its ctypes int
 
-    def into(acc):
-        ca, ldc = acc.ctypes.data, acc.strides[0] // 4
-
-        def add(k0, k1, first):
-            sgemm(ROW_MAJOR, ta, tb, N, M, k1 - k0, 1.0, xa + x_col * k0, lda, wa + w_row * k0, ldb,
-                  0.0 if first else 1.0, ca, ldc)
-        return add
+    def into(acc, spans, first):
+        ca, ldc = p(acc.ctypes.data), i(acc.strides[0] // 4)
+        for k0, k1 in spans:
+            k = lengths.get(k1 - k0) or lengths.setdefault(k1 - k0, i(k1 - k0))
+            sgemm(*head, k, one, p(xa + x_col * k0), lda, p(wa + w_row * k0), ldb, f(0.0) if first else one, ca, ldc)
+            first = False
     return into
+
+
+_ROW_MAJOR = ctypes.c_int(ROW_MAJOR)
+_ENUMS = {NO_TRANS: ctypes.c_int(NO_TRANS), TRANS: ctypes.c_int(TRANS)}
 
 
 def _numpy_product(x, w):
     """The same through np.matmul: each chunk's product into a scratch buffer, then an add."""
     scratch = []
 
-    def into(acc):
-        def add(k0, k1, first):
+    def into(acc, spans, first):
+        for k0, k1 in spans:
             if first:
                 np.matmul(x[:, k0:k1], w[k0:k1], out=acc)
-                return
+                first = False
+                continue
             if not scratch:
                 scratch.append(np.empty(acc.shape, np.float32))  # (N, M) one chunk's product
             np.add(acc, np.matmul(x[:, k0:k1], w[k0:k1], out=scratch[0]), out=acc)
-        return add
     return into
 
 
@@ -192,8 +199,12 @@ def _blas_layout(a):
 
 
 def _operand(a):
-    """a itself if BLAS can read it in place, else a contiguous float32 copy."""
-    return a if _blas_layout(a) else np.ascontiguousarray(a, np.float32)
+    """(a itself if BLAS can read it in place, else a contiguous float32 copy; its _blas_layout)."""
+    layout = _blas_layout(a)
+    if layout:
+        return a, layout
+    a = np.ascontiguousarray(a, np.float32)
+    return a, _blas_layout(a)
 
 
 def _writable_by_blas(out, x, w):
@@ -203,8 +214,13 @@ def _writable_by_blas(out, x, w):
 
 def _fits(sgemm, *arrays):
     """True if every dimension and row stride fits the BLAS's integer type."""
+    return _dims_fit(sgemm, [d for a in arrays for d in (*a.shape, _blas_layout(a)[1])])
+
+
+def _dims_fit(sgemm, dims):
+    """True if every one of dims (dimensions, leading dimensions) fits the BLAS's integer type."""
     limit = 2**63 - 1 if sgemm.argtypes[3] is ctypes.c_int64 else 2**31 - 1  # (np.iinfo takes 4 us a call)
-    return all(max(a.shape + (_blas_layout(a)[1],)) <= limit for a in arrays)
+    return max(dims) <= limit
 
 
 # -- finding NumPy's OpenBLAS --

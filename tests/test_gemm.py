@@ -127,13 +127,13 @@ def test_views_and_copies(path):
                 np.asfortranarray(big[:, :600]),         # column-major: BLAS reads its transpose
                 w, w[:, 7:50], w[100:300], w[:, ::3]]    # transposed views and their slices
     for a in in_place:
-        assert gemm._operand(a) is a                     # no copy
+        assert gemm._operand(a)[0] is a                  # no copy
     copied = [w[::2], big[:, ::2],                       # no axis of unit stride
               big[:, :600].astype(">f4"),                # big-endian
               np.broadcast_to(big[:1, :600], (9, 600)),  # row stride 0
               w.astype(np.float16)]                      # float32 @ float16 is float32: widened
     for a in copied:
-        assert gemm._operand(a) is not a and gemm._operand(a).flags.c_contiguous
+        assert gemm._operand(a)[0] is not a and gemm._operand(a)[0].flags.c_contiguous
     cases = [(big[3:20, 50:650], w), (big[::2, :600], w[:, 7:50]), (np.asfortranarray(big[:, :600]), w),
              (x[:, ::2], w[::2]), (x, w[:, ::3]), (big[:, :600].astype(">f4"), w), (np.broadcast_to(big[:1, :600], (9, 600)), w),
              (x[:5], w.astype(np.float16)), (x[:, 100:300], w[100:300]), (x[:1], w)]
@@ -196,7 +196,7 @@ class RecordingSgemm:
         self.sgemm, self.argtypes, self.ks = sgemm, sgemm.argtypes, []
 
     def __call__(self, *args):
-        self.ks.append(args[5])
+        self.ks.append(getattr(args[5], "value", args[5]))  # a Python int or a ctypes one
         return self.sgemm(*args)
 
 
