@@ -187,7 +187,7 @@ def bge_large_rows(repeat, counts, baseline=False) -> list[dict]:
             t = best(fns, repeat)
             rows.append(dict(model="bge-large", kind=kind, n=n, tokens=tokens, peer_name="transformers", **t))
             if (kind, n) == ("query", 1) and "bare" in t:
-                rows[-1]["profile"] = query_profile(ours, batch, t, max(repeat, 5))
+                rows[-1]["profile"] = query_profile(ours, batch, tokens, t, max(repeat, 5))
             _progress(rows[-1])
     ids = np.random.default_rng(0).integers(1000, 30000, (8, 128))
     ids[:, 0], ids[:, -1] = 101, 102
@@ -316,13 +316,13 @@ PARTS = [("projections (`gemm.matmul`, K in chunks)", gemm, "matmul"), ("LayerNo
          ("GELU", fast, "gelu_fast"), ("attention core (scores, softmax, @ V)", fast, "attention")]
 
 
-def query_profile(ours, batch, floor, repeat) -> list[str]:
+def query_profile(ours, batch, tokens, floor, repeat) -> list[str]:
     """Where one query's encode() spends its time: each part's calls timed inside the forward (the
     fastest of `repeat` instrumented passes), against the same calls timed warm, each part's first call
     repeated in a loop. The gap is what the weights streaming through the caches costs the calls
     between the matmuls: every layer reads 50 MB of weights, which leaves none of the activations,
-    LayerNorm's parameters or its float64 buffer in the cache for the next call. `floor`: the
-    projections alone (latency.floors' best times, seconds)."""
+    LayerNorm's parameters or its float64 buffer in the cache for the next call. `tokens`: the
+    batch's token rows; `floor`: the projections alone at those rows (latency.floors' best times, seconds)."""
     passes = []
     originals = {name: getattr(module, fn) for name, module, fn in PARTS}
     first = {}
@@ -362,8 +362,10 @@ def query_profile(ours, batch, floor, repeat) -> list[str]:
         warm[name] = float(np.median(times[20:]))
     rest = total - sum(s for _, s in spent.values())
     allowed = BARE_GOAL * floor["bare"]
+    weights = _weights(ours)
+    calls = sum(-(-w.shape[0] // gemm.chunk_length(tokens, w.size)) for w in weights)  # the chunked floor's BLAS calls
     out = ["", f"Where one bge-large query's time goes ({len(batch)} text, "
-           f"{int(ours.tokenize(batch)['attention_mask'].sum())} token rows): each part's calls timed inside "
+           f"{tokens} token rows): each part's calls timed inside "
            f"`encode()` (the fastest of {repeat} instrumented calls: {total * 1e3:.0f} ms, the timers included), "
            "and the same calls warm (each part's first call repeated in a loop, median). Inside the forward "
            "every layer streams 50 MB of weights through the caches, which leaves the next call's inputs, "
@@ -380,7 +382,7 @@ def query_profile(ours, batch, floor, repeat) -> list[str]:
     out += ["", f"The bound of {BARE_GOAL}x the bare projections ({floor['bare'] * 1e3:.0f} ms) allows "
             f"{allowed * 1e3:.0f} ms. The projections summed in chunks take {floor['chunked'] * 1e3:.0f} ms alone "
             f"({floor['chunked'] / floor['bare']:.2f}x bare: the chunks that keep the float32 error within transformers' "
-            f"make {sum(-(-w.shape[0] // gemm.SHORT_CHUNK) for w in _weights(ours)):,} BLAS calls of {len(_weights(ours))}) "
+            f"make {calls:,} BLAS calls of {len(weights)}) "
             f"and {spent[PARTS[0][0]][1] * 1e3:.0f} ms inside the forward, so everything else may take "
             f"{(allowed - floor['chunked']) * 1e3:.0f} ms; it takes {others * 1e3:.0f} ms here, and would take "
             f"{at_warm * 1e3:.0f} ms if every call ran as fast as warm."]
