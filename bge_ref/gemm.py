@@ -27,12 +27,22 @@ on the BLAS's threads 0.77-0.86 at 64 rows, 0.91-1.00 at 128 and 192, 1.00-1.04 
 MiniLM's small matrices (in cache) on the BLAS's threads run 1.11-1.23x slower in 64s from 64 rows (one
 run), so they keep 128.
 
-Threads: none of its own. Each chunk's call is threaded by the BLAS, which splits the output between
-its threads, so with a few rows each core reads its own part of w (one query: 1.2 GB of them, and
-9 GFLOP), not all of it. OpenBLAS's threads meet at a barrier after every call, which costs next to
-nothing while they busy-wait between calls (bge_ref sets OPENBLAS_THREAD_TIMEOUT,
-bge_ref/__init__.py). Inside fast.py's row split (threads.split) the BLAS is single-threaded, one
-call per core.
+Threads: each chunk's call is threaded by the BLAS, which splits the output between its threads, so
+with a few rows each core reads its own part of w (one query: 1.2 GB of them, and 9 GFLOP), not all
+of it. OpenBLAS's threads meet at a barrier after every call, which costs next to nothing while they
+busy-wait between calls (bge_ref sets OPENBLAS_THREAD_TIMEOUT, bge_ref/__init__.py). Inside
+fast.py's row split (threads.split) the BLAS is single-threaded, one call per core.
+
+A few rows on OpenBLAS's AVX-512 kernels (`small_blocks`): there sgemm hands a call of at most
+SMALL_MNK products to its small-matrix kernel, which reads A and B in place (no packing) and runs
+on the calling thread alone, whatever the BLAS's thread count. One query's 64-long chunks fall on
+both sides of that line (11 rows x 64 x 1024 columns is under it, x 3072 over), so half of its
+weights were multiplied on one core. Below SMALL_ROWS rows of a large weight matrix, gemm cuts the
+columns into blocks the small kernel takes and shares them between bge_ref's threads (threads.run):
+each core streams its own columns, every call unpacked. The same sums in the same order: equal bit
+for bit to the whole product on those kernels. Measured (alternating A/B of encode(), bge-large size,
+AMD EPYC Zen 5, OpenBLAS's SkylakeX kernel, medians of 16-20 rounds): one query (11 rows) 0.84-0.86x
+the time, with bge's query instruction (20 rows) 0.95x.
 
 The BLAS is NumPy's own OpenBLAS, called through ctypes: found through NumPy's compiled core (whose
 symbol table includes the BLAS it links) or the wheel's bundled library directory; the integer width
@@ -48,12 +58,22 @@ from pathlib import Path
 
 import numpy as np
 
+from . import threads
+
 CHUNK = 128  # products summed in a register per BLAS call
 GROUP = 8    # chunks per partial sum: K up to 1024 in one, longer K in several added at the end
 SHORT_CHUNK_ROWS = 80  # fewer rows than this are summed in chunks of SHORT_CHUNK
 SHORT_CHUNK = 64
 LARGE_W = 1 << 20      # weight matrices this large (elements) take SHORT_CHUNK below LARGE_W_ROWS rows
 LARGE_W_ROWS = 256
+# OpenBLAS's AVX-512 kernels (its core names) take a call of at most SMALL_MNK = M x N x K products
+# to their small-matrix kernel (kernel/x86_64/sgemm_small_kernel_permit_skylakex.c).
+SMALL_KERNEL_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+SMALL_MNK = 100 ** 3
+# Below this many rows a large weight matrix is multiplied in small-kernel blocks (`small_blocks`).
+# Measured on one thread (bge-large's weights streaming, SkylakeX kernel, AMD EPYC), blocks / whole:
+# 0.80 at 6 rows, 0.88 at 11 and 16, 0.93 at 24, 1.06 at 32, 1.19 at 44.
+SMALL_ROWS = 28
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 # (sgemm, get_config) symbol names, newest NumPy wheels first: NumPy >= 2.0 (scipy-openblas, ILP64
@@ -90,12 +110,61 @@ def matmul(x, w, out=None, accumulate=False, whole=None):
         np.copyto(y, out, casting="same_kind")
     sgemm = blas()
     fits = sgemm is not None and _dims_fit(sgemm, (*x.shape, lx[1], *w.shape, lw[1], *y.shape, y.strides[0] // 4))
-    product = _blas_product(sgemm, x, w, (lx, lw)) if fits else _numpy_product(x, w)
-    chunked(x, w, y, product, accumulate, chunk_length(N, w.size if whole is None else whole))
+    whole = w.size if whole is None else whole
+    chunk = chunk_length(N, whole)
+    blocks = small_blocks(N, M, chunk, whole) if fits else None
+    if blocks:                                            # [[column slices] per thread]
+
+        def part(columns):
+            for c in columns:
+                chunked(x, w[:, c], y[:, c], _blas_product(sgemm, x, w[:, c], (lx, lw)), accumulate, chunk)
+        threads.run(part, [(b,) for b in blocks])
+    else:
+        product = _blas_product(sgemm, x, w, (lx, lw)) if fits else _numpy_product(x, w)
+        chunked(x, w, y, product, accumulate, chunk)
     if out is None or out is y:
         return y
     np.copyto(out, y, casting="same_kind")
     return out
+
+
+def small_blocks(rows, cols, chunk, weights):
+    """The column blocks of a product of `rows` rows, in chunks of `chunk` products, against a weight
+    matrix of `weights` elements, as [[column slices] per thread], each block narrow enough for
+    OpenBLAS's small-matrix kernel; or None where the whole product is better: a BLAS without that
+    kernel, SMALL_ROWS rows or more, a small weight matrix (below LARGE_W: in cache, and too quick
+    for the threads to meet over), or a product the kernel takes whole on this thread already."""
+    if rows >= SMALL_ROWS or weights < LARGE_W or not small_kernel():
+        return None
+    inside = threads.in_part()                            # this thread's BLAS is single-threaded already
+    if inside and rows * chunk * cols <= SMALL_MNK:
+        return None
+    width = max(16, SMALL_MNK // (rows * chunk) // 16 * 16)  # the widest block the kernel takes
+    parts = 1 if inside else max(1, min(threads.THREADS, cols // 16))
+    share = _lines(-(-cols // parts))                     # columns per thread
+    step = _lines(-(-share // -(-share // width)))        # its blocks, near-equal, at most width
+    return [[slice(c, min(c + step, s0 + share, cols)) for c in range(s0, min(s0 + share, cols), step)]
+            for s0 in range(0, cols, share)]
+
+
+def _lines(columns):
+    """columns rounded up to whole 64-byte cache lines of float32: blocks start on a line, and no
+    two threads write one line of the output."""
+    return -(-columns // 16) * 16
+
+
+def small_kernel() -> bool:
+    """True if NumPy's OpenBLAS runs on a core with the small-matrix kernel (SMALL_KERNEL_CORES),
+    read from openblas_get_corename once."""
+    global _small_kernel
+    if _small_kernel is None:
+        corename = _beside_sgemm("openblas_get_corename", lambda i: [], prefix="cblas_sgemm", restype=ctypes.c_char_p)
+        name = (corename() or b"") if corename else b""
+        _small_kernel = name.decode("ascii", "replace").lower() in SMALL_KERNEL_CORES
+    return _small_kernel
+
+
+_small_kernel = None  # not looked up yet
 
 
 def chunk_length(rows, weights):
@@ -237,15 +306,15 @@ def blas():
     return _blas
 
 
-def _beside_sgemm(name, argtypes):
-    """The function of the library NumPy's cblas_sgemm came from, named as it is with "sgemm"
+def _beside_sgemm(name, argtypes, prefix="sgemm", restype=None):
+    """The function of the library NumPy's cblas_sgemm came from, named as it is with `prefix`
     replaced by `name` (the same prefix and integer suffix), typed with argtypes(its integer type);
     or None."""
     found = _find_openblas()
-    fn = found and getattr(found[2], found[3].replace("sgemm", name), None)
+    fn = found and getattr(found[2], found[3].replace(prefix, name), None)
     if not fn:
         return None
-    fn.argtypes, fn.restype = argtypes(found[0].argtypes[3]), None
+    fn.argtypes, fn.restype = argtypes(found[0].argtypes[3]), restype
     return fn
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import bge_ref
+from bge_ref import gemm
 from bge_ref.testing import subprocess_env  # noqa: F401  (tests import it from here)
 from bge_ref.testing.checkpoints import BGE_LARGE_TEXTS, TINY_CONFIG, make_random_checkpoint, minilm_dir
 from bge_ref.verify import DEFAULT_TEXTS, TOLERANCES, Report, compare_stages, run_ours
@@ -162,6 +163,7 @@ def reference_vs_fast(directory, batch, dtype, fast_run=None) -> Report:
 
 BGE_LARGE_PASSAGE = ("Dense retrieval encodes each passage once, stores the vector, and compares it with every "
                      "query by a dot product. ") * 6  # 140 tokens
+BGE_LARGE_QUERY = "Represent this sentence for searching relevant passages: how does dense retrieval rank passages"
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +171,9 @@ def bge_large(tmp_path_factory):
     """Full bge-large-en-v1.5 size, built once per session for test_bge_large.py and test_fast.py:
     parity and oracle reports of both dtypes on a padded batch holding one 512-token text, and the
     reference forward against the fast one ("paths", dtype); and the float32 oracle study of one
-    ~140-token passage ("passage": the few-rows layout, gemm.py's short chunks on bge-large's weights).
+    ~140-token passage ("passage": the few-rows layout, gemm.py's short chunks on bge-large's weights),
+    and of one query with bge's instruction ("query": gemm.py's small-kernel column blocks on the pool's
+    threads, taken on any OpenBLAS kernel here: on AVX-512 ones they are the forward's own path).
     The 1.34 GB checkpoint and the 2.7 GB float64 copies are freed before the tests run on the stored reports."""
     from bge_ref.testing.checkpoints import make_bge_large_random
     from bge_ref.testing.oracle import four_runs, oracle_study
@@ -190,5 +194,12 @@ def bge_large(tmp_path_factory):
     passage = bge_ref.load(directory).tokenize([BGE_LARGE_PASSAGE])
     reports["passage"] = oracle_study(four_runs(directory, passage))
     gc.collect()
+    query = bge_ref.load(directory).tokenize([BGE_LARGE_QUERY])
+    small_kernel, gemm._small_kernel = gemm.small_kernel(), True
+    try:
+        reports["query"] = oracle_study(four_runs(directory, query))
+    finally:
+        gemm._small_kernel = small_kernel
+    gc.collect()
     shutil.rmtree(directory)
-    return {"config": config, "ln": ln, "batch": batch, "passage": passage, "reports": reports}
+    return {"config": config, "ln": ln, "batch": batch, "passage": passage, "query": query, "reports": reports}

@@ -271,6 +271,90 @@ def test_transpose_into_a_column_block():
         np.testing.assert_array_equal(bad_out, before)
 
 
+# -- a few rows on OpenBLAS's AVX-512 kernels: column blocks for its small-matrix kernel --
+
+def flat(blocks):
+    return [c for part in blocks for c in part]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_small_blocks_cover_every_column_once_within_the_kernels_bound(parts, monkeypatch):
+    """Each thread's list of blocks: together every column once, in order; each block within
+    SMALL_MNK products a call and starting on a 64-byte line; no more lists than threads."""
+    monkeypatch.setattr(gemm, "_small_kernel", True)
+    monkeypatch.setattr(threads, "THREADS", parts)
+    for rows in (1, 11, 20, gemm.SMALL_ROWS - 1):
+        for cols in (384, 1000, 1024, 3072, 4096):
+            blocks = gemm.small_blocks(rows, cols, gemm.SHORT_CHUNK, gemm.LARGE_W)
+            c = flat(blocks)
+            assert len(blocks) <= parts and all(blocks), (rows, cols)
+            assert c[0].start == 0 and c[-1].stop == cols and all(a.stop == b.start for a, b in zip(c, c[1:]))
+            assert all(b.start % 16 == 0 and 0 < rows * gemm.SHORT_CHUNK * (b.stop - b.start) <= gemm.SMALL_MNK for b in c)
+            if parts == 2 and cols >= 1024:               # the threads' shares are even
+                assert abs((blocks[0][-1].stop - blocks[0][0].start) - (cols - blocks[1][0].start)) <= 16
+
+
+def test_small_blocks_only_where_the_kernel_helps(monkeypatch):
+    """None (the whole product, as before) without the kernel, from SMALL_ROWS rows, for weights
+    below LARGE_W, and inside a part of a split where the kernel takes the product whole already."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(gemm, "_small_kernel", False)
+    assert gemm.small_blocks(11, 3072, 64, gemm.LARGE_W) is None
+    monkeypatch.setattr(gemm, "_small_kernel", True)
+    assert gemm.small_blocks(gemm.SMALL_ROWS, 3072, 64, gemm.LARGE_W) is None
+    assert gemm.small_blocks(11, 1536, 64, gemm.LARGE_W - 1) is None  # MiniLM's: in cache, too quick to share
+    assert len(gemm.small_blocks(11, 1024, 64, gemm.LARGE_W)) == 2    # taken whole, but on one core: shared
+    monkeypatch.setattr(threads, "in_part", lambda: True)
+    assert gemm.small_blocks(11, 1024, 64, gemm.LARGE_W) is None      # whole, on this part's own core
+    assert len(gemm.small_blocks(11, 3072, 64, gemm.LARGE_W)) == 1    # one list: this thread's
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_small_blocks_give_the_whole_product(accumulate, monkeypatch):
+    """One query's rows against a bge-large-sized weight, in small-kernel blocks on bge_ref's threads:
+    every column written, the same product as the whole matmul (bit for bit on a kernel that has the
+    small-matrix kernel: the same sums in the same order; to rounding elsewhere), out's values added."""
+    x, w = projection_inputs(11, 1024, 3072, "ln")
+    bias = np.random.default_rng(0).normal(size=(11, 3072)).astype(np.float32)
+    monkeypatch.setattr(gemm, "_small_kernel", False)
+    whole = gemm.matmul(x, w, out=bias.copy(), accumulate=accumulate)
+    monkeypatch.setattr(gemm, "_small_kernel", True)
+    monkeypatch.setattr(threads, "THREADS", 2)
+    out = bias.copy() if accumulate else np.full((11, 3072), np.nan, np.float32)
+    blocked = gemm.matmul(x, w, out=out, accumulate=accumulate)
+    assert blocked is out and np.isfinite(blocked).all()
+    close_to_matmul(blocked - (bias if accumulate else 0), x, w)
+    if blas_kernel() in AVX512_KERNELS:
+        np.testing.assert_array_equal(blocked, whole)
+    else:
+        np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_small_kernel_read_from_the_blas_core():
+    """small_kernel() says whether NumPy's OpenBLAS runs a core with the small-matrix kernel, as
+    threadpoolctl names the core; on an AVX-512 CPU, a child under the SkylakeX kernel (whatever
+    OPENBLAS_CORETYPE this environment sets) takes one query's real path: blocks on the pool's
+    threads, equal bit for bit to the whole product on the BLAS's threads."""
+    assert gemm.small_kernel() == (blas_kernel().lower() in gemm.SMALL_KERNEL_CORES)
+    flags = open("/proc/cpuinfo").read().split() if sys.platform == "linux" else []
+    if "avx512f" not in flags:
+        assert gemm.small_blocks(11, 3072, 64, gemm.LARGE_W) is None or blas_kernel() in AVX512_KERNELS
+        return
+    code = """if True:
+        import json, numpy as np
+        from bge_ref import gemm
+        from tests.test_gemm import blas_kernel, projection_inputs
+        x, w = projection_inputs(11, 1024, 3072, "ln")
+        takes_blocks = gemm.small_blocks(11, 3072, gemm.chunk_length(11, w.size), w.size) is not None
+        blocked = gemm.matmul(x, w)
+        gemm._small_kernel = False
+        print(json.dumps([blas_kernel(), takes_blocks, bool(np.array_equal(blocked, gemm.matmul(x, w)))]))"""
+    run = subprocess.run([sys.executable, "-c", code], env=subprocess_env(OPENBLAS_CORETYPE="SkylakeX"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == ["SkylakeX", True, True]
+
+
 # -- finding the BLAS --
 
 def test_finds_numpys_openblas_with_its_integer_width():
