@@ -303,7 +303,9 @@ def ceiling(rows) -> list[str]:
         out.append(f"| {r['model']} | {_what(r)} | {goal}x | {r['bare'] * 1e3:,.0f} | {r['peer'] / r['bare']:.2f}x | "
                    f"{r['chunked'] * 1e3:,.0f} | {r['peer'] / r['chunked']:.2f}x | {left * 1e3:,.0f} | "
                    f"{now * 1e3:,.0f} | {need} |")
-    out += ["", "The projections here run on the BLAS's own threads; in the forward, bge-large's few rows give each "
+    out += ["", "The bare projections here run on the BLAS's own threads, the chunked ones as `gemm.matmul` runs them "
+            f"(below {gemm.SMALL_ROWS} rows of bge-large's weights on OpenBLAS's AVX-512 kernels, in column blocks for "
+            "its small-matrix kernel on bge_ref's threads); in the forward, bge-large's few rows give each "
             "core its share of every weight, and 256 token rows or more each core its own sequences, both with "
             "BLAS single-threaded, which these times approximate. "
             "The 8x128 forward's profile, block by block, is in the [performance report](performance.md) "
@@ -363,7 +365,8 @@ def query_profile(ours, batch, tokens, floor, repeat) -> list[str]:
     rest = total - sum(s for _, s in spent.values())
     allowed = BARE_GOAL * floor["bare"]
     weights = _weights(ours)
-    calls = sum(-(-w.shape[0] // gemm.chunk_length(tokens, w.size)) for w in weights)  # the chunked floor's BLAS calls
+    calls, blocked = blas_calls(weights, tokens)
+    how = ", in column blocks for OpenBLAS's small-matrix kernel on bge_ref's threads" if blocked else ""
     out = ["", f"Where one bge-large query's time goes ({len(batch)} text, "
            f"{tokens} token rows): each part's calls timed inside "
            f"`encode()` (the fastest of {repeat} instrumented calls: {total * 1e3:.0f} ms, the timers included), "
@@ -382,11 +385,23 @@ def query_profile(ours, batch, tokens, floor, repeat) -> list[str]:
     out += ["", f"The bound of {BARE_GOAL}x the bare projections ({floor['bare'] * 1e3:.0f} ms) allows "
             f"{allowed * 1e3:.0f} ms. The projections summed in chunks take {floor['chunked'] * 1e3:.0f} ms alone "
             f"({floor['chunked'] / floor['bare']:.2f}x bare: the chunks that keep the float32 error within transformers' "
-            f"make {calls:,} BLAS calls of {len(weights)}) "
+            f"make {calls:,} BLAS calls of {len(weights)}{how}) "
             f"and {spent[PARTS[0][0]][1] * 1e3:.0f} ms inside the forward, so everything else may take "
             f"{(allowed - floor['chunked']) * 1e3:.0f} ms; it takes {others * 1e3:.0f} ms here, and would take "
             f"{at_warm * 1e3:.0f} ms if every call ran as fast as warm."]
     return out
+
+
+def blas_calls(weights, rows) -> tuple[int, bool]:
+    """(the BLAS calls gemm.matmul makes for these weights at `rows` rows, True if it cuts any into
+    column blocks): a call per chunk of K, per block where it takes small-kernel blocks (gemm.small_blocks)."""
+    calls, blocked = 0, False
+    for w in weights:
+        chunk = gemm.chunk_length(rows, w.size)
+        blocks = gemm.small_blocks(rows, w.shape[1], chunk, w.size)
+        blocked |= bool(blocks)
+        calls += -(-w.shape[0] // chunk) * (sum(map(len, blocks)) if blocks else 1)
+    return calls, blocked
 
 
 def _weights(model) -> list:
