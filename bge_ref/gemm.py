@@ -88,7 +88,8 @@ def matmul(x, w, out=None, accumulate=False, whole=None):
     with accumulate=True, out += x @ w (out then holds, say, a bias: BLAS adds the products to it as
     it stores them, as torch's addmm does, so no pass of its own is needed for it). `whole`: the
     elements of the weight matrix w is a part of (fast.layer_by_heads gives each core a part), for
-    chunk_length's rule; w.size if None.
+    chunk_length's rule; w.size if None. A few rows of a large w on OpenBLAS's AVX-512 kernels are
+    multiplied in column blocks shared by bge_ref's threads (`small_blocks`).
 
     Anything else (float64, float16 @ float16, stacks of matrices, vectors, subclasses, K <= CHUNK,
     empty shapes, shape errors) is np.matmul itself. Operands with rows or columns of unit stride
@@ -158,7 +159,7 @@ def small_kernel() -> bool:
     read from openblas_get_corename once."""
     global _small_kernel
     if _small_kernel is None:
-        corename = _beside_sgemm("openblas_get_corename", lambda i: [], prefix="cblas_sgemm", restype=ctypes.c_char_p)
+        corename = _beside_sgemm("openblas_get_corename", lambda i: [], "cblas_sgemm", ctypes.c_char_p)
         name = (corename() or b"") if corename else b""
         _small_kernel = name.decode("ascii", "replace").lower() in SMALL_KERNEL_CORES
     return _small_kernel
@@ -306,12 +307,12 @@ def blas():
     return _blas
 
 
-def _beside_sgemm(name, argtypes, prefix="sgemm", restype=None):
-    """The function of the library NumPy's cblas_sgemm came from, named as it is with `prefix`
-    replaced by `name` (the same prefix and integer suffix), typed with argtypes(its integer type);
-    or None."""
+def _beside_sgemm(name, argtypes, replacing="sgemm", restype=None):
+    """The function of the library NumPy's cblas_sgemm came from, named as it is with `replacing`
+    replaced by `name` (the same prefix and integer suffix), typed with argtypes(its integer type)
+    and restype; or None."""
     found = _find_openblas()
-    fn = found and getattr(found[2], found[3].replace(prefix, name), None)
+    fn = found and getattr(found[2], found[3].replace(replacing, name), None)
     if not fn:
         return None
     fn.argtypes, fn.restype = argtypes(found[0].argtypes[3]), restype
