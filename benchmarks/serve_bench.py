@@ -14,6 +14,8 @@ truncation) per second of wall time; latency is per request. Offline is `encode(
 rounds); the fastest run of each mode is kept. Timings on a shared machine are noisy.
 
     python benchmarks/serve_bench.py --against b97fb2e   # and 1 client: this code's server against that revision's
+    python benchmarks/serve_bench.py --queries 64 --models "bge-large (random)" --against b12c3f8
+        # one short query a request (an application's questions) instead of corpus texts
 
 --against REV also serves the 1-client run from bge_ref/ as it was at git revision REV (extracted with
 `git archive` into a temporary directory, and imported from there: checked), alternating with this
@@ -143,16 +145,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def workload(name: str, path: Path, per_request: int) -> tuple[list[str], list[list[str]], int]:
-    """The model's texts, the requests they are cut into, and the vectors' width."""
+def workload(name: str, path: Path, per_request: int, queries: int = 0) -> tuple[list[str], list[list[str]], int]:
+    """The model's texts (the corpus, or `queries` short queries: benchmarks/latency.py's), the
+    requests they are cut into, and the vectors' width."""
     from bge_ref import BertConfig
-    texts = corpus(TEXTS[name])
+    if queries:
+        from latency import texts as latency_texts  # benchmarks/latency.py, beside this file
+        texts = latency_texts("query", queries)
+    else:
+        texts = corpus(TEXTS[name])
     reqs = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
     return texts, reqs, BertConfig.from_json(path / "config.json").hidden_size
 
 
-def bench_model(name: str, path: Path, per_request: int, repeat: int) -> tuple[list[str], float]:
-    texts, reqs, dim = workload(name, path, per_request)
+def bench_model(name: str, path: Path, per_request: int, repeat: int, queries: int = 0) -> tuple[list[str], float]:
+    texts, reqs, dim = workload(name, path, per_request, queries)
     runs = [offline(path, texts)]
     print(f"{name}: offline {runs[0][1] / runs[0][0]:,.0f} tokens/s", file=sys.stderr)
     best = {}  # clients -> (wall, tokens, latencies) of the fastest run
@@ -197,10 +204,11 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
-def against(name: str, path: Path, per_request: int, rev: str, rev_root: Path, repeat: int) -> list[str]:
+def against(name: str, path: Path, per_request: int, rev: str, rev_root: Path, repeat: int,
+            queries: int = 0) -> list[str]:
     """1 client, this code's server and rev's alternating (`repeat` rounds, who goes first swapped
     each round): a row per server (its fastest round) and the median of the rounds' ratios."""
-    _, reqs, dim = workload(name, path, per_request)
+    _, reqs, dim = workload(name, path, per_request, queries)
     servers = [("this code", ROOT), (rev, rev_root)]
     runs = {label: [] for label, _ in servers}
     for r in range(repeat):
@@ -232,31 +240,38 @@ def main():
                                                          "the fastest of each kept")
     p.add_argument("--models", nargs="*", default=list(TEXTS), choices=list(TEXTS))
     p.add_argument("--against", metavar="REV", help="also serve 1 client from bge_ref/ at this git revision, alternating")
+    p.add_argument("--queries", type=int, default=0, metavar="N",
+                   help="N short queries, one a request, instead of the corpus (the report region is not written)")
     args = p.parse_args()
+    if args.queries and args.write_readme:
+        p.error("--queries measures another workload than the report's: it prints its table only")
+    per_request = 1 if args.queries else args.texts_per_request
     rows, goals, compared = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         rev_root = checkout(args.against, Path(tmp)) if args.against else None
         for name in args.models:
             path = model_path(name)
-            r, ratio = bench_model(name, path, args.texts_per_request, args.repeat)
+            r, ratio = bench_model(name, path, per_request, args.repeat, args.queries)
             rows += r
             goals.append(f"| {name}: served throughput at 32 clients vs offline encode() | >= {GOAL}x | {ratio:.2f}x | "
                          f"{'yes' if ratio >= GOAL else '**no**'} |")
             if rev_root:
-                compared += against(name, path, args.texts_per_request, args.against, rev_root, args.repeat)
-    table = render(rows, goals, args.texts_per_request, args.repeat, compared, args.against)
+                compared += against(name, path, per_request, args.against, rev_root, args.repeat, args.queries)
+    table = render(rows, goals, per_request, args.repeat, compared, args.against, args.queries)
     print(table)
     if args.write_readme:
         write_region("serve", table)
 
 
-def render(rows, goals, per_request, repeat, compared=(), rev=None) -> str:
+def render(rows, goals, per_request, repeat, compared=(), rev=None, queries=0) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    what = (f"{queries} short queries (benchmarks/latency.py's, about 10 tokens), one per request"
+            if queries else f"the corpus of benchmarks/bench.py (3 to 250 words), {per_request} per request")
     return "\n".join([
         f"Measured {when} with `python benchmarks/serve_bench.py {' '.join(sys.argv[1:])}` on: {machine()}. "
         "Server and clients share the machine; on a shared machine absolute figures are noisy.",
         "",
-        f"Texts: the corpus of benchmarks/bench.py (3 to 250 words), {per_request} per request, sent to "
+        f"Texts: {what}, sent to "
         "`/v1/embeddings` (base64, as the openai client asks) by 1, 8 or 32 client threads over keep-alive "
         "connections; tokens count [CLS]/[SEP] after truncation. Offline: `encode()` of the same texts "
         f"(batch_size 32) in a fresh process, before and after each of {repeat} round(s) of served runs; "
