@@ -304,7 +304,7 @@ def ceiling(rows) -> list[str]:
                    f"{r['chunked'] * 1e3:,.0f} | {r['peer'] / r['chunked']:.2f}x | {left * 1e3:,.0f} | "
                    f"{now * 1e3:,.0f} | {need} |")
     out += ["", "The bare projections here run on the BLAS's own threads, the chunked ones as `gemm.matmul` runs them "
-            f"(below {gemm.SMALL_ROWS} rows of bge-large's weights on OpenBLAS's AVX-512 kernels, in column blocks for "
+            f"(below {gemm.SMALL_ROWS} rows of bge-large's weights on OpenBLAS's SkylakeX kernel, in column blocks for "
             "its small-matrix kernel on bge_ref's threads); in the forward, bge-large's few rows give each "
             "core its share of every weight, and 256 token rows or more each core its own sequences, both with "
             "BLAS single-threaded, which these times approximate. "

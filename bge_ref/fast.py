@@ -18,7 +18,7 @@ two paths together (1e-13 in float64, the float32 tolerances in float32). What d
   the heads and of the FFN's intermediate columns instead, and reads only its share of each weight
   (`layer_by_heads`); small weights (MiniLM's) and a single query leave each projection to gemm.py,
   whose BLAS calls split the output between the BLAS's own threads (for a query's large weights on
-  OpenBLAS's AVX-512 kernels, its small-kernel column blocks between bge_ref's threads:
+  OpenBLAS's SkylakeX kernel, its small-kernel column blocks between bge_ref's threads:
   gemm.small_blocks), and the rest runs in the calling thread;
 - with cls_only (encode with [CLS] pooling), the last layer computes Q, the attention output, the
   FFN and the LayerNorms for the [CLS] rows alone (K and V over every row): exact, row by row;

@@ -33,14 +33,15 @@ of it. OpenBLAS's threads meet at a barrier after every call, which costs next t
 busy-wait between calls (bge_ref sets OPENBLAS_THREAD_TIMEOUT, bge_ref/__init__.py). Inside
 fast.py's row split (threads.split) the BLAS is single-threaded, one call per core.
 
-A few rows on OpenBLAS's AVX-512 kernels (`small_blocks`): there sgemm hands a call of at most
+A few rows on OpenBLAS's SkylakeX kernel (`small_blocks`; the AVX-512 kernel NumPy's wheels carry,
+which Intel Xeons from Skylake on and AMD's Zen 4 and 5 run): there sgemm hands a call of at most
 SMALL_MNK products to its small-matrix kernel, which reads A and B in place (no packing) and runs
 on the calling thread alone, whatever the BLAS's thread count. One query's 64-long chunks fall on
 both sides of that line (11 rows x 64 x 1024 columns is under it, x 3072 over), so half of its
 weights were multiplied on one core. Below SMALL_ROWS rows of a large weight matrix, gemm cuts the
 columns into blocks the small kernel takes and shares them between bge_ref's threads (threads.run):
 each core streams its own columns, every call unpacked. The same sums in the same order: equal bit
-for bit to the whole product on those kernels. Measured (alternating A/B of encode(), bge-large size,
+for bit to the whole product there. Measured (alternating A/B of encode(), bge-large size,
 AMD EPYC Zen 5, OpenBLAS's SkylakeX kernel, medians of 16-20 rounds): one query (11 rows) 0.84-0.86x
 the time, with bge's query instruction (20 rows) 0.95x.
 
@@ -66,9 +67,10 @@ SHORT_CHUNK_ROWS = 80  # fewer rows than this are summed in chunks of SHORT_CHUN
 SHORT_CHUNK = 64
 LARGE_W = 1 << 20      # weight matrices this large (elements) take SHORT_CHUNK below LARGE_W_ROWS rows
 LARGE_W_ROWS = 256
-# OpenBLAS's AVX-512 kernels (its core names) take a call of at most SMALL_MNK = M x N x K products
-# to their small-matrix kernel (kernel/x86_64/sgemm_small_kernel_permit_skylakex.c).
-SMALL_KERNEL_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+# OpenBLAS cores (openblas_get_corename) that take a call of at most SMALL_MNK = M x N x K products
+# to their small-matrix kernel (kernel/x86_64/sgemm_small_kernel_permit_skylakex.c). NumPy's wheels
+# build Prescott, Nehalem, SandyBridge, Haswell and SkylakeX; Haswell's permit refuses every call.
+SMALL_KERNEL_CORES = ("skylakex",)
 SMALL_MNK = 100 ** 3
 # Below this many rows a large weight matrix is multiplied in small-kernel blocks (`small_blocks`).
 # Measured on one thread (bge-large's weights streaming, SkylakeX kernel, AMD EPYC), blocks / whole:
@@ -88,7 +90,7 @@ def matmul(x, w, out=None, accumulate=False, whole=None):
     with accumulate=True, out += x @ w (out then holds, say, a bias: BLAS adds the products to it as
     it stores them, as torch's addmm does, so no pass of its own is needed for it). `whole`: the
     elements of the weight matrix w is a part of (fast.layer_by_heads gives each core a part), for
-    chunk_length's rule; w.size if None. A few rows of a large w on OpenBLAS's AVX-512 kernels are
+    chunk_length's rule; w.size if None. A few rows of a large w on OpenBLAS's SkylakeX kernel are
     multiplied in column blocks shared by bge_ref's threads (`small_blocks`).
 
     Anything else (float64, float16 @ float16, stacks of matrices, vectors, subclasses, K <= CHUNK,

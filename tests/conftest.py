@@ -173,7 +173,7 @@ def bge_large(tmp_path_factory):
     reference forward against the fast one ("paths", dtype); and the float32 oracle study of one
     ~140-token passage ("passage": the few-rows layout, gemm.py's short chunks on bge-large's weights),
     and of one query with bge's instruction ("query": gemm.py's small-kernel column blocks on the pool's
-    threads, taken on any OpenBLAS kernel here: on AVX-512 ones they are the forward's own path).
+    threads, taken on any OpenBLAS kernel here: on the SkylakeX kernel they are the forward's own path).
     The 1.34 GB checkpoint and the 2.7 GB float64 copies are freed before the tests run on the stored reports."""
     from bge_ref.testing.checkpoints import make_bge_large_random
     from bge_ref.testing.oracle import four_runs, oracle_study

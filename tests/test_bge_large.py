@@ -63,7 +63,7 @@ def test_float32_error_no_larger_than_torch_for_one_passage(bge_large):
 def test_float32_error_no_larger_than_torch_for_one_query(bge_large):
     """One query with bge's instruction: below gemm.SMALL_ROWS rows, each large projection in column
     blocks for OpenBLAS's small-matrix kernel on bge_ref's threads (forced for this run on any
-    kernel: on AVX-512 ones it is the forward's own path), summed in gemm.SHORT_CHUNK-long chunks:
+    kernel: on the SkylakeX kernel it is the forward's own path), summed in gemm.SHORT_CHUNK-long chunks:
     within 1.2x transformers' error, max and rms, every stage."""
     from bge_ref import fast, gemm
     rows = int(bge_large["query"]["attention_mask"].sum())
