@@ -37,7 +37,7 @@ A few rows on OpenBLAS's SkylakeX kernel (`small_blocks`; the AVX-512 kernel Num
 which Intel Xeons from Skylake on and AMD's Zen 4 and 5 run): there sgemm hands a call of at most
 SMALL_MNK products to its small-matrix kernel, which reads A and B in place (no packing) and runs
 on the calling thread alone, whatever the BLAS's thread count. One query's 64-long chunks fall on
-both sides of that line (11 rows x 64 x 1024 columns is under it, x 3072 over), so half of its
+both sides of that line (11 rows x 64 x 1024 columns is under it, x 3072 over), so 5/12 of its
 weights were multiplied on one core. Below SMALL_ROWS rows of a large weight matrix, gemm cuts the
 columns into blocks the small kernel takes and shares them between bge_ref's threads (threads.run):
 each core streams its own columns, every call unpacked. The same sums in the same order: equal bit
@@ -120,7 +120,8 @@ def matmul(x, w, out=None, accumulate=False, whole=None):
 
         def part(columns):
             for c in columns:
-                chunked(x, w[:, c], y[:, c], _blas_product(sgemm, x, w[:, c], (lx, lw)), accumulate, chunk)
+                wc = w[:, c]                              # (K, block) a view, w's layout
+                chunked(x, wc, y[:, c], _blas_product(sgemm, x, wc, (lx, lw)), accumulate, chunk)
         threads.run(part, [(b,) for b in blocks])
     else:
         product = _blas_product(sgemm, x, w, (lx, lw)) if fits else _numpy_product(x, w)

@@ -4,8 +4,8 @@ NumPy releases the GIL inside its loops (and BLAS inside its calls), so plain th
 in parallel on large arrays. fast.py gives each thread its own sequences (every layer) or rows (or
 attention heads) with BLAS single-threaded inside (`split`), from fast.FEW_ROWS token rows (with
 fewer, its share of the heads and FFN columns; for small weights or a single query the BLAS's
-threads share each matmul instead, or gemm.py's small-kernel column blocks these threads);
-checkpoint.py checks and copies several layers at once. The
+threads share each matmul instead, or on OpenBLAS's SkylakeX kernel these threads share gemm.py's
+small-kernel column blocks); checkpoint.py checks and copies several layers at once. The
 calling thread takes a part too, and waits for the others by polling, as the pool's threads wait
 for the next part (SPIN_SECONDS). Not in parallel: the GIL. Each NumPy call takes it back when its
 loop ends, and waits while another thread holds it, so work made of many short calls (the GELU,
